@@ -1,0 +1,131 @@
+"""Reading analysis columns from a site's cohort rows, with errors a researcher can act on.
+
+Row labels of the cohort frame are the table's line numbers (set by the node's
+table loader), so an error can point at the offending line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+from analyses.contract import DataError
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+
+Level = float | str
+
+
+def require(frame: pd.DataFrame, name: str) -> pd.Series:
+    """The column `name`, or a DataError listing what the table does have."""
+    if name not in frame.columns:
+        known = ", ".join(map(str, frame.columns[:30]))
+        raise DataError(f"column '{name}' is not in the cohort table (it has: {known}); check the protocol's spelling")
+    return frame[name]
+
+
+def kind(frame: pd.DataFrame, name: str) -> str:
+    """`numeric` or `categorical`; a text column that is mostly numbers is an error, not a category."""
+    series = require(frame, name)
+    if is_numeric_dtype(series) or is_bool_dtype(series):
+        return NUMERIC
+    present = series.dropna()
+    as_number = pd.to_numeric(present, errors="coerce")
+    if as_number.notna().any() and as_number.isna().any():
+        line = as_number.index[as_number.isna()][0]
+        raise DataError(
+            f"column '{name}' mixes numbers and text ('{present[line]}' at line {line}); "
+            "correct or blank that value"
+        )
+    return CATEGORICAL
+
+
+def numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Float values of a column that must be numeric."""
+    if kind(frame, name) != NUMERIC:
+        sample = frame[name].dropna().iloc[0]
+        raise DataError(f"column '{name}' must be numeric but holds text (e.g. '{sample}')")
+    return frame[name].to_numpy(dtype=float)
+
+
+def events(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """An event indicator: 1 = event observed, 0 = censored."""
+    values = numeric(frame, name)
+    bad = values[(values != 0) & (values != 1)]
+    if bad.size:
+        raise DataError(f"event column '{name}' must be 0 (censored) or 1 (event); found {bad[0]:g}")
+    return values
+
+
+def durations(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Non-negative follow-up times."""
+    values = numeric(frame, name)
+    if (values < 0).any():
+        raise DataError(f"duration column '{name}' has a negative time ({values[values < 0][0]:g})")
+    return values
+
+
+def complete_cases(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Rows with no missing value in `columns` (listwise deletion per analysis)."""
+    for name in columns:
+        require(frame, name)
+    return frame.dropna(subset=list(dict.fromkeys(columns)))
+
+
+def distinct(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Distinct non-missing values, as floats for numeric columns and text otherwise."""
+    series = frame[name].dropna()
+    if kind(frame, name) == NUMERIC:
+        return np.unique(series.to_numpy(dtype=float))
+    return np.unique(series.astype(str).to_numpy(dtype=str))
+
+
+def codes(frame: pd.DataFrame, name: str, levels: Sequence[Level]) -> np.ndarray:
+    """Index of each row's value in the agreed `levels` (all rows must have one)."""
+    values = frame[name]
+    if kind(frame, name) == NUMERIC:
+        keys = values.to_numpy(dtype=float)
+        lookup: dict[Any, int] = {float(level): i for i, level in enumerate(levels)}
+    else:
+        keys = values.astype(str).to_numpy()
+        lookup = {str(level): i for i, level in enumerate(levels)}
+    return np.array([lookup[key] for key in keys], dtype=np.int64)
+
+
+def label(level: Level) -> str:
+    """Text for a level: `2` not `2.0` for whole numbers."""
+    if isinstance(level, float) and level.is_integer():
+        return str(int(level))
+    return str(level)
+
+
+def design_names(covariates: Sequence[str], kinds: Mapping[str, str], levels: Mapping[str, Sequence[Level]]) -> list[str]:
+    """Column names of the design matrix; categorical covariates give `name[T.level]` dummies."""
+    names: list[str] = []
+    for name in covariates:
+        if kinds[name] == NUMERIC:
+            names.append(name)
+        else:
+            names.extend(f"{name}[T.{label(level)}]" for level in levels[name][1:])
+    return names
+
+
+def design_matrix(
+    frame: pd.DataFrame, covariates: Sequence[str], kinds: Mapping[str, str], levels: Mapping[str, Sequence[Level]]
+) -> np.ndarray:
+    """Numeric covariates as they are; categorical ones dummy-coded against their first level."""
+    blocks: list[np.ndarray] = []
+    for name in covariates:
+        if kind(frame, name) != kinds[name]:
+            raise DataError(f"column '{name}' is {kind(frame, name)} here but {kinds[name]} at other sites")
+        if kinds[name] == NUMERIC:
+            blocks.append(frame[name].to_numpy(dtype=float)[:, None])
+        else:
+            index = codes(frame, name, levels[name])
+            blocks.append((index[:, None] == np.arange(1, len(levels[name]))[None, :]).astype(float))
+    return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))

@@ -1,0 +1,68 @@
+"""Contingency table of two columns with Pearson's χ² test (and Fisher's exact test for 2×2).
+
+Rounds: discover (levels) → cell counts. The tests run on the pooled table with
+scipy, so they equal scipy on the pooled rows whenever the table does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analyses import columns as col
+from analyses import discovery
+from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.spec import Spec
+
+
+class CrosstabSpec(Spec):
+    """Counts of `row` × `column` over rows where both are present."""
+
+    type: Literal["crosstab"]
+    row: str
+    column: str
+    correction: bool = True
+    """Yates' continuity correction for 2×2 tables (scipy's default)."""
+
+    def columns(self) -> list[str]:
+        return [self.row, self.column]
+
+
+def plan(spec: CrosstabSpec) -> Plan:
+    schema = discovery.read((yield discovery.query(used=spec.columns(), grouping=spec.columns())))
+    rows, cols = schema.levels[spec.row], schema.levels[spec.column]
+    for name, levels in ((spec.row, rows), (spec.column, cols)):
+        if len(levels) < 2:
+            raise AnalysisError(f"'{name}' has a single level among complete rows; a crosstab needs two or more")
+    total = yield Query("counts", schema.params())
+    table = total["table"]
+    chi2 = stats.chi2_contingency(table, correction=spec.correction)
+    result = {
+        "type": "crosstab",
+        "n": int(table.sum()),
+        "n_dropped": int(total["n_dropped"][0]),
+        "row": spec.row,
+        "column": spec.column,
+        "row_levels": [col.label(level) for level in rows],
+        "column_levels": [col.label(level) for level in cols],
+        "table": table.tolist(),
+        "expected": chi2.expected_freq.tolist(),
+        "chi2": {"statistic": float(chi2.statistic), "df": int(chi2.dof), "p": float(chi2.pvalue)},
+    }
+    if table.shape == (2, 2):
+        fisher = stats.fisher_exact(table)
+        result["fisher"] = {"odds_ratio": float(fisher.statistic), "p": float(fisher.pvalue)}
+    return result
+
+
+def local(spec: CrosstabSpec, frame: pd.DataFrame, query: Query) -> Contribution:
+    rows = col.complete_cases(frame, spec.columns())
+    levels = query.params["levels"]
+    r = col.codes(rows, spec.row, levels[spec.row])
+    c = col.codes(rows, spec.column, levels[spec.column])
+    table = np.zeros((len(levels[spec.row]), len(levels[spec.column])), dtype=np.int64)
+    np.add.at(table, (r, c), 1)
+    return {"table": table, "n_dropped": np.array([len(frame) - len(rows)])}

@@ -1,0 +1,69 @@
+"""Descriptive statistics per variable: n, missing, mean and sd; counts per level for text columns.
+
+Rounds: discover (kinds, levels) → n, missing, Σx and level counts → Σ(x − x̄)²
+around the pooled mean (two passes, so the sd is numerically stable).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from analyses import columns as col
+from analyses import discovery
+from analyses.contract import Contribution, Plan, Query
+from analyses.spec import Spec
+
+
+class DescribeSpec(Spec):
+    """Summaries of each of `variables`, each over its own non-missing values."""
+
+    type: Literal["describe"]
+    variables: list[str] = Field(min_length=1)
+
+    def columns(self) -> list[str]:
+        return list(self.variables)
+
+
+def plan(spec: DescribeSpec) -> Plan:
+    schema = discovery.read((yield discovery.query(used=[], covariates=spec.variables)))
+    base = schema.params()
+    first = yield Query("moments", base)
+    numeric = [name for name in spec.variables if schema.kinds[name] == col.NUMERIC]
+    means = {name: float(first[f"sum:{name}"][0] / first[f"n:{name}"][0]) for name in numeric if first[f"n:{name}"][0]}
+    second = (yield Query("spread", {**base, "means": means})) if means else {}
+    variables: dict[str, dict[str, Any]] = {}
+    for name in spec.variables:
+        n, missing = int(first[f"n:{name}"][0]), int(first[f"missing:{name}"][0])
+        if name not in numeric:
+            level_counts = first[f"counts:{name}"]
+            counts = {col.label(level): int(c) for level, c in zip(schema.levels[name], level_counts, strict=True)}
+            variables[name] = {"kind": col.CATEGORICAL, "n": n, "missing": missing, "counts": counts}
+            continue
+        sd = float(np.sqrt(second[f"ss:{name}"][0] / (n - 1))) if n > 1 else None
+        variables[name] = {"kind": col.NUMERIC, "n": n, "missing": missing, "mean": means.get(name), "sd": sd}
+    return {"type": "describe", "n": int(first["rows"][0]), "n_dropped": 0, "variables": variables}
+
+
+def local(spec: DescribeSpec, frame: pd.DataFrame, query: Query) -> Contribution:
+    params = query.params
+    out: Contribution = {"rows": np.array([len(frame)])}
+    for name in spec.variables:
+        values = col.require(frame, name).dropna()
+        if query.phase == "spread":
+            if name in params["means"]:
+                x = col.numeric(frame, name)
+                x = x[~np.isnan(x)]
+                out[f"ss:{name}"] = np.array([np.sum((x - params["means"][name]) ** 2)])
+            continue
+        out[f"n:{name}"] = np.array([len(values)])
+        out[f"missing:{name}"] = np.array([len(frame) - len(values)])
+        if params["kinds"][name] == col.NUMERIC:
+            out[f"sum:{name}"] = np.array([col.numeric(frame, name)[frame[name].notna().to_numpy()].sum()])
+        else:
+            levels = params["levels"][name]
+            out[f"counts:{name}"] = np.bincount(col.codes(frame.loc[values.index], name, levels), minlength=len(levels))
+    return out

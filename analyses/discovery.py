@@ -1,0 +1,97 @@
+"""The first round of every analysis: agree on column kinds, levels and the time grid.
+
+This is the only round whose replies are unions of distinct values rather than
+sums. Sites report, over their complete cases, whether each covariate is numeric
+or categorical, the distinct levels of categorical and grouping columns and,
+for survival analyses, the distinct (event) times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from analyses import columns as col
+from analyses.contract import AnalysisError, Contribution, Query
+
+PHASE = "discover"
+
+
+def query(
+    *,
+    used: Sequence[str],
+    numeric: Sequence[str] = (),
+    covariates: Sequence[str] = (),
+    grouping: Sequence[str] = (),
+    survival: tuple[str, str] | None = None,
+    times: Literal["all", "events"] | None = None,
+) -> Query:
+    """A discovery query. `used` are all columns of the analysis (for complete cases)."""
+    return Query(
+        PHASE,
+        {
+            "used": list(dict.fromkeys(used)),
+            "numeric": list(numeric),
+            "covariates": list(covariates),
+            "grouping": list(grouping),
+            "survival": list(survival) if survival else None,
+            "times": times,
+        },
+        reduce="union",
+    )
+
+
+def local(frame: pd.DataFrame, params: dict[str, Any]) -> Contribution:
+    """A site's kinds, levels and distinct times over its complete cases."""
+    rows = col.complete_cases(frame, params["used"])
+    out: Contribution = {}
+    for name in params["numeric"]:
+        col.numeric(rows, name)
+    for name in params["covariates"]:
+        kind = col.kind(rows, name)
+        out[f"kind:{name}"] = np.array([kind])
+        if kind == col.CATEGORICAL:
+            out[f"levels:{name}"] = col.distinct(rows, name)
+    for name in params["grouping"]:
+        out[f"kind:{name}"] = np.array([col.kind(rows, name)])
+        out[f"levels:{name}"] = col.distinct(rows, name)
+    if params["survival"]:
+        duration, event = params["survival"]
+        times = col.durations(rows, duration)
+        observed = col.events(rows, event)
+        if params["times"]:
+            out["times"] = np.unique(times if params["times"] == "all" else times[observed == 1])
+    return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the sites agreed on: kind per column, levels per categorical/grouping column, times."""
+
+    kinds: dict[str, str] = field(default_factory=dict)
+    levels: dict[str, list[col.Level]] = field(default_factory=dict)
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def params(self) -> dict[str, Any]:
+        """The kinds and levels as query parameters for later rounds."""
+        return {"kinds": self.kinds, "levels": self.levels}
+
+
+def read(total: Contribution) -> Schema:
+    """Interpret the union of the sites' discovery replies."""
+    kinds: dict[str, str] = {}
+    levels: dict[str, list[col.Level]] = {}
+    for key, values in total.items():
+        prefix, _, name = key.partition(":")
+        if prefix == "kind":
+            if len(values) != 1:
+                raise AnalysisError(f"column '{name}' is numeric at some sites and text at others; make it consistent")
+            kinds[name] = str(values[0])
+        elif prefix == "levels":
+            levels[name] = [str(v) if values.dtype.kind in "US" else float(v) for v in values]
+    return Schema(kinds=kinds, levels=levels, times=np.asarray(total.get("times", np.zeros(0)), dtype=float))
+

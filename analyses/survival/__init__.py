@@ -1,0 +1,1 @@
+"""Survival analyses: Kaplan–Meier, log-rank, Cox proportional hazards."""

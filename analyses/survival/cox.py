@@ -1,0 +1,147 @@
+"""Cox proportional hazards, equal to lifelines' `CoxPHFitter` and statsmodels' `PHReg`.
+
+Rounds: discover (levels, event times) → moments (n, Σx, Σx² for lifelines'
+standardization) → Newton steps on standardized covariates.
+Pooled baseline: per Newton step sites send risk-set sums per event time.
+Stratified by `"site"`: each site sends only its log-likelihood, gradient and
+Hessian over its own risk sets (it never learns other sites' event times).
+An L2 `penalizer` λ subtracts N·λ·½·Σβ_s² on the standardized scale, as lifelines does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from scipy import stats
+
+from analyses import columns as col
+from analyses import discovery
+from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.newton import maximize
+from analyses.spec import Confidence, Spec
+from analyses.survival import counts, risk_sets
+
+SITE = "site"
+
+
+class CoxSpec(Spec, Confidence):
+    """Hazard ratios of `covariates` for `duration`/`event`."""
+
+    type: Literal["cox"]
+    duration: str
+    event: str
+    covariates: list[str] = Field(min_length=1)
+    ties: Literal["efron", "breslow"] = "efron"
+    penalizer: float = Field(0.0, ge=0)
+    strata: list[str] = Field(default_factory=list)
+
+    @property
+    def strata_columns(self) -> list[str]:
+        return [name for name in self.strata if name != SITE]
+
+    def columns(self) -> list[str]:
+        return [self.duration, self.event, *self.covariates, *self.strata_columns]
+
+
+def plan(spec: CoxSpec) -> Plan:
+    by_site = SITE in spec.strata
+    schema = discovery.read(
+        (
+            yield discovery.query(
+                used=spec.columns(),
+                numeric=[spec.duration, spec.event],
+                covariates=spec.covariates,
+                grouping=spec.strata_columns,
+                survival=(spec.duration, spec.event),
+                times=None if by_site else "events",
+            )
+        )
+    )
+    base = {**schema.params(), "times": schema.times.tolist()}
+    moments = yield Query("moments", base)
+    names = col.design_names(spec.covariates, schema.kinds, schema.levels)
+    n, events = int(moments["n"][0]), int(moments["events"][0])
+    if events == 0:
+        raise AnalysisError("no events among the complete rows")
+    mean = moments["sum_x"] / n
+    sd = np.sqrt(np.maximum(moments["sum_x2"] - n * mean**2, 0) / (n - 1))
+    if np.any(sd == 0):
+        raise AnalysisError(f"covariate '{names[int(np.argmin(sd))]}' is constant in every complete row")
+    penalty = n * spec.penalizer
+
+    def ask(beta: np.ndarray) -> Query:
+        return Query("newton", {**base, "mean": mean.tolist(), "sd": sd.tolist(), "beta": beta.tolist()})
+
+    def evaluate(total: Contribution, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if by_site:
+            loglik, gradient, hessian = float(total["loglik"][0]), total["gradient"], total["hessian"]
+        else:
+            loglik, gradient, hessian = risk_sets.partial_likelihood(total, beta, spec.ties)
+        return (
+            loglik - penalty / 2 * float(beta @ beta),
+            gradient - penalty * beta,
+            hessian - penalty * np.eye(len(beta)),
+        )
+
+    fit = yield from maximize(np.zeros(len(names)), ask, evaluate)
+    beta = fit.beta / sd
+    se = np.sqrt(np.diag(np.linalg.inv(-fit.hessian))) / sd
+    z = beta / se
+    q = stats.norm.ppf(1 - spec.alpha / 2)
+    lr = 2 * (fit.objective - fit.initial_objective)
+    return {
+        "type": "cox",
+        "n": n,
+        "n_dropped": int(moments["n_dropped"][0]),
+        "events": events,
+        "ties": spec.ties,
+        "penalizer": spec.penalizer,
+        "strata": spec.strata,
+        "params": {
+            name: {
+                "coef": float(b),
+                "exp_coef": float(np.exp(b)),
+                "se": float(s),
+                "z": float(t),
+                "p": float(2 * stats.norm.sf(abs(t))),
+                "ci_lower": float(b - q * s),
+                "ci_upper": float(b + q * s),
+            }
+            for name, b, s, t in zip(names, beta, se, z, strict=True)
+        },
+        "log_likelihood": fit.objective,
+        "log_likelihood_null": fit.initial_objective,
+        "likelihood_ratio_test": {"statistic": lr, "df": len(names), "p": float(stats.chi2.sf(lr, len(names)))},
+        "newton_steps": fit.evaluations,
+    }
+
+
+def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
+    rows = col.complete_cases(frame, spec.columns())
+    params = query.params
+    x = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
+    time = col.durations(rows, spec.duration)
+    event = col.events(rows, spec.event)
+    if query.phase == "moments":
+        return {
+            "n": np.array([len(rows)]),
+            "n_dropped": np.array([len(frame) - len(rows)]),
+            "events": np.array([int(event.sum())]),
+            "sum_x": x.sum(axis=0),
+            "sum_x2": (x**2).sum(axis=0),
+        }
+    standardized = (x - np.asarray(params["mean"])) / np.asarray(params["sd"])
+    beta = np.asarray(params["beta"], dtype=float)
+    stratum, strata = counts.cell_codes(rows, spec.strata_columns, params["levels"])
+    if SITE not in spec.strata:
+        times = np.asarray(params["times"], dtype=float)
+        return risk_sets.sums(time, event, standardized, beta, stratum, strata, times)
+    own_times = np.unique(time[event == 1])
+    loglik, gradient, hessian = risk_sets.partial_likelihood(
+        risk_sets.sums(time, event, standardized, beta, stratum, strata, own_times), beta, spec.ties
+    )
+    return {"loglik": np.array([loglik]), "gradient": gradient, "hessian": hessian}
+

@@ -1,0 +1,101 @@
+"""Kaplan–Meier survival curves per group, equal to lifelines' `KaplanMeierFitter`.
+
+Rounds: discover (group levels, distinct times) → counts per time and group.
+Confidence intervals use Greenwood's variance on the log(−log) scale, as lifelines does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analyses import columns as col
+from analyses import discovery
+from analyses.contract import Contribution, Plan, Query
+from analyses.spec import Confidence, Spec
+from analyses.survival import counts
+
+ALL = "all"
+"""Group label when the analysis has no `group`."""
+
+
+class KaplanMeierSpec(Spec, Confidence):
+    """Survival curves of `duration`/`event`, optionally one per level of `group`."""
+
+    type: Literal["kaplan_meier"]
+    duration: str
+    event: str
+    group: str | None = None
+
+    def columns(self) -> list[str]:
+        return [self.duration, self.event, *([self.group] if self.group else [])]
+
+
+def plan(spec: KaplanMeierSpec) -> Plan:
+    grouping = [spec.group] if spec.group else []
+    schema = discovery.read(
+        (
+            yield discovery.query(
+                used=spec.columns(),
+                numeric=[spec.duration, spec.event],
+                grouping=grouping,
+                survival=(spec.duration, spec.event),
+                times="all",
+            )
+        )
+    )
+    total = yield Query("counts", {**schema.params(), "times": schema.times.tolist()})
+    labels = [col.label(level) for level in schema.levels[spec.group]] if spec.group else [ALL]
+    n_dropped = int(total["n_dropped"][0])
+    curves = {
+        name: curve(schema.times, total["events"][g], total["removed"][g], spec.alpha)
+        for g, name in enumerate(labels)
+    }
+    return {
+        "type": "kaplan_meier",
+        "n": int(total["removed"].sum()),
+        "n_dropped": n_dropped,
+        "events": int(total["events"].sum()),
+        "group": spec.group,
+        "groups": curves,
+    }
+
+
+def curve(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: float) -> dict[str, Any]:
+    """lifelines' estimate on its timeline: 0 and every distinct duration of the group."""
+    keep = removed > 0
+    timeline = np.union1d([0.0], times[keep])
+    where = np.searchsorted(timeline, times[keep])
+    d = np.zeros(len(timeline), dtype=np.int64)
+    r = np.zeros(len(timeline), dtype=np.int64)
+    d[where], r[where] = events[keep], removed[keep]
+    n = counts.at_risk(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        survival = np.exp(np.cumsum(np.log(n - d) - np.log(n)))
+        greenwood = np.cumsum(np.where(n == d, 0.0, d / (n * (n - d))))
+        v = np.log(survival)
+        z = stats.norm.ppf(1 - alpha / 2)
+        lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(greenwood) / v))
+        upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(greenwood) / v))
+    below = np.flatnonzero(survival <= 0.5)
+    return {
+        "time": timeline.tolist(),
+        "survival": survival.tolist(),
+        "ci_lower": np.nan_to_num(lower, nan=1.0).tolist(),
+        "ci_upper": np.nan_to_num(upper, nan=1.0).tolist(),
+        "at_risk": n.tolist(),
+        "events": d.tolist(),
+        "censored": (r - d).tolist(),
+        "median": float(timeline[below[0]]) if below.size else None,
+    }
+
+
+def local(spec: KaplanMeierSpec, frame: pd.DataFrame, query: Query) -> Contribution:
+    rows = col.complete_cases(frame, spec.columns())
+    grouping = [spec.group] if spec.group else []
+    cell, cells = counts.cell_codes(rows, grouping, query.params["levels"])
+    out = counts.local(rows, spec.duration, spec.event, cell, cells, np.asarray(query.params["times"], dtype=float))
+    return {**out, "n_dropped": np.array([len(frame) - len(rows)])}

@@ -1,0 +1,65 @@
+"""Federated descriptives and tests equal pandas / scipy on the pooled rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tests.conftest import federate, pooled
+
+
+def test_describe_numeric_and_text(gbsg, lung):
+    result = federate(gbsg, d={"type": "describe", "variables": ["age", "tsize", "tgrade", "horTh"]})["d"]
+    data = pooled(gbsg)
+    for name in ("age", "tsize"):
+        got = result["variables"][name]
+        assert got["n"] == data[name].count() and got["missing"] == 0
+        assert got["mean"] == pytest.approx(data[name].mean(), abs=1e-12)
+        assert got["sd"] == pytest.approx(data[name].std(ddof=1), abs=1e-12)
+    assert result["variables"]["tgrade"]["counts"] == data["tgrade"].value_counts().sort_index().to_dict()
+    lung_result = federate(lung, d={"type": "describe", "variables": ["wt.loss", "meal.cal"]})["d"]
+    lung_data = pooled(lung)
+    for name in ("wt.loss", "meal.cal"):
+        got = lung_result["variables"][name]
+        assert got["missing"] == lung_data[name].isna().sum() and got["n"] == lung_data[name].count()
+        assert got["mean"] == pytest.approx(lung_data[name].mean(), abs=1e-10)
+        assert got["sd"] == pytest.approx(lung_data[name].std(), abs=1e-10)
+
+
+@pytest.mark.parametrize("row, column, correction", [("sex", "ph.ecog", True), ("sex", "status", True), ("sex", "status", False)])
+def test_crosstab_equals_scipy(lung, row, column, correction):
+    result = federate(lung, x={"type": "crosstab", "row": row, "column": column, "correction": correction})["x"]
+    data = pooled(lung).dropna(subset=[row, column])
+    table = pd.crosstab(data[row], data[column]).to_numpy()
+    np.testing.assert_array_equal(result["table"], table)
+    ref = stats.chi2_contingency(table, correction=correction)
+    assert result["chi2"]["statistic"] == pytest.approx(ref.statistic, abs=1e-10)
+    assert result["chi2"]["p"] == pytest.approx(ref.pvalue, abs=1e-12)
+    assert result["chi2"]["df"] == ref.dof
+    if table.shape == (2, 2):
+        fisher = stats.fisher_exact(table)
+        assert result["fisher"]["p"] == pytest.approx(fisher.pvalue, abs=1e-12)
+        assert result["fisher"]["odds_ratio"] == pytest.approx(fisher.statistic, abs=1e-12)
+    else:
+        assert "fisher" not in result
+
+
+def test_ttest_equals_scipy(lung, gbsg):
+    result = federate(lung, t={"type": "ttest", "variable": "age", "group": "sex"})["t"]
+    data = pooled(lung)
+    a, b = data.age[data.sex == 1], data.age[data.sex == 2]
+    for name, equal_var in (("pooled", True), ("welch", False)):
+        ref = stats.ttest_ind(a, b, equal_var=equal_var)
+        ci = ref.confidence_interval()
+        assert result[name]["statistic"] == pytest.approx(ref.statistic, abs=1e-10)
+        assert result[name]["p"] == pytest.approx(ref.pvalue, abs=1e-12)
+        assert result[name]["df"] == pytest.approx(ref.df, abs=1e-9)
+        assert result[name]["ci_lower"] == pytest.approx(ci.low, abs=1e-10)
+        assert result[name]["ci_upper"] == pytest.approx(ci.high, abs=1e-10)
+    chosen = federate(gbsg, t={"type": "ttest", "variable": "pnodes", "group": "tgrade", "groups": ["III", "I"]})["t"]
+    g = pooled(gbsg)
+    ref = stats.ttest_ind(g.pnodes[g.tgrade == "III"], g.pnodes[g.tgrade == "I"], equal_var=False)
+    assert list(chosen["groups"]) == ["III", "I"]
+    assert chosen["welch"]["statistic"] == pytest.approx(ref.statistic, abs=1e-10)

@@ -1,0 +1,1 @@
+"""Streamlit dashboard for researchers (issue: researcher dashboard; not built yet)."""
