@@ -6,6 +6,7 @@ table loader), so an error can point at the offending line.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,8 +25,10 @@ Level = float | str
 def require(frame: pd.DataFrame, name: str) -> pd.Series:
     """The column `name`, or a DataError listing what the table does have."""
     if name not in frame.columns:
-        known = ", ".join(map(str, frame.columns[:30]))
-        raise DataError(f"column '{name}' is not in the cohort table (it has: {known}); check the protocol's spelling")
+        known = [str(c) for c in frame.columns]
+        hint = difflib.get_close_matches(name, known, n=1)
+        detail = f"did you mean '{hint[0]}'?" if hint else f"it has: {', '.join(known[:30])}"
+        raise DataError(f"column '{name}' is not in the cohort table ({detail}); check the protocol's spelling")
     return frame[name]
 
 

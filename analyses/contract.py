@@ -78,3 +78,19 @@ def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduc
                 raise AnalysisError(f"'{key.split(':', 1)[-1]}' holds numbers at some sites and text at others")
             total[key] = np.unique(np.concatenate(present)) if present else np.array([])
     return total
+
+
+def reduce_queries(
+    replies: Iterable[tuple[str, Mapping[str, Contribution]]], queries: Mapping[str, Query]
+) -> dict[str, Contribution | AnalysisError]:
+    """Per analysis, the combined site replies, or the error that prevents combining them."""
+    replies = list(replies)
+    totals: dict[str, Contribution | AnalysisError] = {}
+    for analysis_id, query in queries.items():
+        try:
+            totals[analysis_id] = reduce_contributions(
+                [(site, contributions[analysis_id]) for site, contributions in replies], query.reduce
+            )
+        except AnalysisError as error:
+            totals[analysis_id] = error
+    return totals

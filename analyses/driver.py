@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 
 from analyses import registry
-from analyses.contract import AnalysisError, Contribution, Plan, Query, reduce_contributions
+from analyses.contract import AnalysisError, Contribution, Plan, Query, reduce_queries
 from analyses.spec import Spec
 
-Exchange = Callable[[dict[str, Query]], dict[str, Contribution]]
-"""Send one round of queries (analysis id → query) to all sites; return totals per analysis id."""
+Exchange = Callable[[dict[str, Query]], dict[str, Contribution | AnalysisError]]
+"""Send one round of queries (analysis id → query) to all sites; return totals (or why none) per analysis."""
 
 Progress = Callable[[int, dict[str, Query]], None]
 
@@ -43,12 +43,17 @@ def run(plans: Mapping[str, Plan], exchange: Exchange, progress: Progress | None
 def _advance(
     analysis_id: str,
     plan: Plan,
-    total: Contribution | None,
+    total: Contribution | AnalysisError | None,
     pending: dict[str, Query],
     results: dict[str, dict[str, Any]],
 ) -> None:
     try:
-        pending[analysis_id] = next(plan) if total is None else plan.send(total)
+        if total is None:
+            pending[analysis_id] = next(plan)
+        elif isinstance(total, AnalysisError):
+            pending[analysis_id] = plan.throw(total)
+        else:
+            pending[analysis_id] = plan.send(total)
     except StopIteration as done:
         results[analysis_id] = done.value
     except AnalysisError as error:
@@ -58,14 +63,12 @@ def _advance(
 def in_memory(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec]) -> Exchange:
     """An exchange over site DataFrames held in this process (for notebooks, tests and benchmarks)."""
 
-    def exchange(queries: dict[str, Query]) -> dict[str, Contribution]:
-        return {
-            analysis_id: reduce_contributions(
-                [(site, registry.local(specs[analysis_id], frame, query)) for site, frame in frames.items()],
-                query.reduce,
-            )
-            for analysis_id, query in queries.items()
-        }
+    def exchange(queries: dict[str, Query]) -> dict[str, Contribution | AnalysisError]:
+        replies = [
+            (site, {analysis_id: registry.local(specs[analysis_id], frame, q) for analysis_id, q in queries.items()})
+            for site, frame in frames.items()
+        ]
+        return reduce_queries(replies, queries)
 
     return exchange
 

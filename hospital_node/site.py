@@ -1,0 +1,84 @@
+"""A hospital's site folder: its identity (`site.toml`) and its cohort tables.
+
+```
+site/
+  site.toml      [site] id, name
+  patients.csv   (or patients.parquet) one row per patient
+  state/         written by the node
+```
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+class SiteError(Exception):
+    """The site folder or one of its files cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    id: str
+    name: str
+
+    def table_path(self, table: str) -> Path:
+        """The file holding `table`: `<table>.csv` or `<table>.parquet`."""
+        for suffix in (".csv", ".parquet"):
+            candidate = self.path / f"{table}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise SiteError(f"{self.path}: no {table}.csv or {table}.parquet; put the cohort table in the site folder")
+
+
+def open_site(path: str | Path) -> Site:
+    """Read a site folder's identity; without `site.toml` the folder name is the site id."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise SiteError(f"{path}: site folder not found")
+    config = path / "site.toml"
+    if not config.is_file():
+        return Site(path=path, id=path.name, name=path.name)
+    try:
+        section = tomllib.loads(config.read_text(encoding="utf-8")).get("site", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SiteError(f"{config}: not valid TOML: {error}") from None
+    site_id = section.get("id", path.name)
+    if not isinstance(site_id, str) or not site_id:
+        raise SiteError(f"{config}: [site] id must be a non-empty text")
+    return Site(path=path, id=site_id, name=str(section.get("name", site_id)))
+
+
+def load_table(site: Site, table: str) -> pd.DataFrame:
+    """The table's rows, labelled by their line number in the file (row number for parquet)."""
+    path = site.table_path(table)
+    stat = path.stat()
+    return _read(path, stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: Path, _mtime: int, _size: int) -> pd.DataFrame:
+    """Cached per file version, so a study's rounds read each table once."""
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            frame.index = range(1, len(frame) + 1)
+        else:
+            frame = pd.read_csv(path)
+            frame.index = range(2, len(frame) + 2)  # line 1 is the header
+    except pd.errors.EmptyDataError:
+        raise SiteError(f"{path.name} is empty; it needs a header line and one row per patient") from None
+    except pd.errors.ParserError as error:
+        detail = str(error).strip().removeprefix("Error tokenizing data. C error: ")
+        raise SiteError(f"{path.name} is not a well-formed CSV file ({detail}); fix that line") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise SiteError(f"{path.name} cannot be read ({error})") from None
+    if frame.empty:
+        raise SiteError(f"{path.name} has no rows; the site has no patients to contribute")
+    return frame

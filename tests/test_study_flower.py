@@ -1,0 +1,159 @@
+"""End to end through the real Flower simulation engine and the `workbench` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lifelines import KaplanMeierFitter
+from lifelines.statistics import logrank_test
+from statsmodels.duration.hazard_regression import PHReg
+
+from analyses.driver import run_in_memory
+from workbench import demo as demo_module
+from workbench import protocol as protocol_module
+from workbench.datasets import lung_hospitals
+from workbench.results import json_safe
+
+
+def workbench(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    done = workbench("demo", "--out", out)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_demo_writes_the_results_contract(demo):
+    out, results = demo
+    assert results["protocol_sha256"] == protocol_module.load(out / "protocol.toml").sha256
+    assert [s["id"] for s in results["sites"]] == [f"hospital-{k}" for k in range(1, 6)]
+    assert sum(s["rows"] for s in results["sites"]) == 227
+    analyses = results["analyses"]
+    assert set(analyses) == set(protocol_module.load(out / "protocol.toml").analyses)
+    for result in analyses.values():
+        assert {"type", "n", "n_dropped"} <= set(result) and "error" not in result
+    for key in ("coef", "exp_coef", "se", "z", "p", "ci_lower", "ci_upper"):
+        assert key in analyses["cox"]["params"]["age"]
+    assert set(analyses["logit"]["params"]) == {"Intercept", "age", "sex"}
+    assert set(analyses["km_sex"]["groups"]["1"]) >= {"time", "survival", "ci_lower", "ci_upper", "at_risk", "events", "median"}
+    assert {"statistic", "df", "p"} <= set(analyses["logrank_sex"])
+    assert set(analyses["baseline"]["variables"]["age"]) >= {"n", "missing", "mean", "sd"}
+    assert results["rounds"] <= 8  # independent analyses share rounds: longest Newton loop + 2
+
+
+def test_flower_results_equal_pooled_references(demo):
+    _, results = demo
+    analyses = results["analyses"]
+    lung = __import__("pandas").concat(rows for _, rows in lung_hospitals().values())
+    data = lung[["time", "status", "age", "sex", "ph.ecog"]].dropna()
+    ref = PHReg(data.time, data[["age", "sex", "ph.ecog"]], status=data.status, ties="efron").fit(tol=1e-12)
+    got = [analyses["cox"]["params"][k]["coef"] for k in ("age", "sex", "ph.ecog")]
+    np.testing.assert_allclose(got, ref.params, rtol=0, atol=1e-10)
+    km = KaplanMeierFitter().fit(lung.time[lung.sex == 2], lung.status[lung.sex == 2])
+    np.testing.assert_allclose(analyses["km_sex"]["groups"]["2"]["survival"], km.survival_function_.iloc[:, 0], atol=1e-12)
+    men, women = lung[lung.sex == 1], lung[lung.sex == 2]
+    lr = logrank_test(men.time, women.time, men.status, women.status)
+    assert analyses["logrank_sex"]["statistic"] == pytest.approx(lr.test_statistic, abs=1e-10)
+    assert analyses["baseline"]["variables"]["wt.loss"]["sd"] == pytest.approx(lung["wt.loss"].std(), abs=1e-12)
+
+
+def test_flower_adds_no_error_to_the_in_memory_federation(demo):
+    out, results = demo
+    study = protocol_module.load(out / "protocol.toml")
+    frames = {site: rows for site, (_, rows) in lung_hospitals().items()}
+    assert results["analyses"] == json.loads(json.dumps(json_safe(run_in_memory(study.analyses, frames))))
+
+
+def test_site_order_does_not_change_a_single_bit(demo, tmp_path):
+    out, results = demo
+    sites = sorted((out / "sites").iterdir(), reverse=True)
+    done = workbench("run", out / "protocol.toml", *[arg for site in sites for arg in ("--site", site)],
+                     "--out", tmp_path / "reversed", "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "reversed" / "results.json").read_text())["analyses"] == results["analyses"]
+
+
+def _assert_refused(done: subprocess.CompletedProcess[str], out: Path, *needles: str) -> str:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for needle in needles:
+        assert needle in last
+    assert not out.exists(), "nothing may be written when a study is refused"
+    return last
+
+
+def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_path):
+    out, _ = demo
+    sites = tmp_path / "sites"
+    shutil.copytree(out / "sites", sites)
+    (sites / "hospital-1" / "patients.csv").unlink()
+    (sites / "hospital-2" / "patients.csv").write_text("time,status,age,sex,ph.ecog\n")
+    lines = (sites / "hospital-3" / "patients.csv").read_text().splitlines()
+    cells = lines[4].split(",")
+    cells[2] = "sixty"
+    lines[4] = ",".join(cells)
+    (sites / "hospital-3" / "patients.csv").write_text("\n".join(lines) + "\n")
+    lines = (sites / "hospital-4" / "patients.csv").read_text().splitlines()
+    lines[6] += ",1,2"
+    (sites / "hospital-4" / "patients.csv").write_text("\n".join(lines) + "\n")
+    result = tmp_path / "result"
+    done = workbench("run", out / "protocol.toml", *[a for s in sorted(sites.iterdir()) for a in ("--site", s)],
+                     "--out", result)  # fmt: skip
+    _assert_refused(
+        done,
+        result,
+        "site hospital-1: ",
+        "no patients.csv or patients.parquet",
+        "site hospital-2: patients.csv has no rows",
+        "site hospital-3: patients.csv: ",
+        "column 'age' mixes numbers and text ('sixty' at line 5)",
+        "site hospital-4: patients.csv is not a well-formed CSV file (Expected 9 fields in line 7, saw 11)",
+    )
+
+
+def test_unknown_column_names_the_analysis_and_suggests_the_fix(demo, tmp_path):
+    out, _ = demo
+    protocol = tmp_path / "typo.toml"
+    protocol.write_text(demo_module.protocol_text().replace('variables = ["age", "wt.loss"]', 'variables = ["agee"]'))
+    sites = [a for s in sorted((out / "sites").iterdir())[:2] for a in ("--site", s)]
+    done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
+    _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2: patients.csv: analysis 'baseline': "
+                    "column 'agee' is not in the cohort table (did you mean 'age'?)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[study]\nid = "x"\ntitle = "t"\n[[analysis]\n', "not valid TOML"),
+        ('[study]\nid = "x"\ntitle = "t"\n[[analysis]]\nid = "a"\ntype = "kaplan_meyer"\n',
+         "analysis #1 (id 'a'): unknown type 'kaplan_meyer' (did you mean 'kaplan_meier'?)"),
+        ('[study]\nid = "x"\ntitle = "t"\n[[analysis]]\nid = "a"\ntype = "describe"\nvariable = ["age"]\n',
+         "analysis #1 (id 'a'): unknown field 'variable' (did you mean 'variables'?)"),
+    ],
+)  # fmt: skip
+def test_bad_protocol_is_refused_before_anything_starts(demo, tmp_path, text, needle):
+    out, _ = demo
+    protocol = tmp_path / "bad.toml"
+    protocol.write_text(text)
+    done = workbench("run", protocol, "--site", out / "sites" / "hospital-1", "--out", tmp_path / "result")
+    assert _assert_refused(done, tmp_path / "result", needle).startswith("error: bad.toml: ")
+
+
+def test_missing_site_folder_is_refused(demo, tmp_path):
+    out, _ = demo
+    done = workbench("run", out / "protocol.toml", "--site", tmp_path / "nowhere", "--out", tmp_path / "result")
+    _assert_refused(done, tmp_path / "result", "nowhere: site folder not found")

@@ -1,0 +1,104 @@
+"""`workbench`: run studies, the demo, and check protocols from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from analyses.contract import Query
+from workbench import demo, protocol, report, results
+from workbench.errors import UserError
+from workbench.server_app import StudyRun
+from workbench.simulation import simulate
+
+EXIT_FAILED_ANALYSES = 1
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.command(args))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Multi-center research workbench")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a study protocol on the embedded Flower simulation")
+    run.add_argument("protocol", type=Path, help="protocol TOML file")
+    run.add_argument("--site", dest="sites", action="append", type=Path, required=True, metavar="DIR",
+                     help="a hospital's site folder (repeat for each site)")  # fmt: skip
+    run.add_argument("--out", type=Path, required=True, help="folder for results.json")
+    run.add_argument("--quiet", action="store_true", help="no progress or result tables")
+    run.set_defaults(command=_run)
+
+    demo_command = commands.add_parser("demo", help="build demo hospitals from real lung cancer data and run a study")
+    demo_command.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for sites and results")
+    demo_command.set_defaults(command=_demo)
+
+    validate = commands.add_parser("validate", help="check a protocol and print its SHA-256")
+    validate.add_argument("protocol", type=Path)
+    validate.set_defaults(command=_validate)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    study = protocol.load(args.protocol)
+    return _execute(study, args.sites, args.out, quiet=args.quiet)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    sites = demo.build_sites(out / "sites")
+    protocol_path = out / "protocol.toml"
+    protocol_path.write_text(demo.protocol_text(), encoding="utf-8")
+    print(f"demo: {len(sites)} hospital sites from the NCCTG lung cancer data in {out / 'sites'}", file=sys.stderr)
+    return _execute(protocol.load(protocol_path), sites, out, quiet=False)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    study = protocol.load(args.protocol)
+    print(f"{args.protocol}: valid; sha256 {study.sha256}")
+    for analysis_id, spec in study.analyses.items():
+        print(f"  {analysis_id}: {spec.type} on {', '.join(spec.columns())}")  # type: ignore[attr-defined]
+    return 0
+
+
+def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: bool) -> int:
+    started = time.perf_counter()
+    run: StudyRun = simulate(study, sites, progress=None if quiet else _progress(started))
+    document = results.build(study, run, engine="flower-simulation")
+    path = results.write(document, out)
+    if not quiet:
+        print(report.render(document))
+        print(f"\nresults: {path}", file=sys.stderr)
+    problems = results.failed(document)
+    for analysis_id, error in problems.items():
+        print(f"analysis '{analysis_id}' failed: {error}", file=sys.stderr)
+    return EXIT_FAILED_ANALYSES if problems else 0
+
+
+def _progress(started: float):  # noqa: ANN202
+    def show(round_number: int, pending: dict[str, Query]) -> None:
+        phases: dict[str, list[str]] = {}
+        for analysis_id, query in pending.items():
+            phases.setdefault(query.phase, []).append(analysis_id)
+        summary = " | ".join(f"{phase}: {', '.join(ids)}" for phase, ids in phases.items())
+        print(f"[{time.perf_counter() - started:6.1f}s] round {round_number:2d}  {summary}", file=sys.stderr)
+
+    return show
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Study protocols: TOML validated against a schema, identified by the SHA-256 of their text.
+
+Nodes read the same module to interpret a protocol they receive, so coordinator and
+sites can never disagree on what an analysis block means.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from analyses.registry import TYPES, AnySpec
+from analyses.spec import Spec
+from workbench.errors import UserError
+
+
+class ProtocolError(UserError):
+    """The protocol file is not valid; the message names the field."""
+
+
+class StudySection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    title: str = Field(min_length=1)
+    description: str = ""
+
+
+class CohortSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str = Field("patients", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)
+
+
+class ProtocolModel(BaseModel):
+    """The whole protocol: `[study]`, `[cohort]` and one `[[analysis]]` block per analysis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study: StudySection
+    cohort: CohortSection = CohortSection()
+    analysis: list[AnySpec] = Field(min_length=1)
+
+    @field_validator("analysis")
+    @classmethod
+    def _unique_ids(cls, analyses: list[Spec]) -> list[Spec]:
+        seen: set[str] = set()
+        for spec in analyses:
+            if spec.id in seen:
+                raise ValueError(f"analysis id '{spec.id}' is used twice; give each analysis its own id")
+            seen.add(spec.id)
+        return analyses
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A validated protocol with the exact text it came from and that text's SHA-256."""
+
+    model: ProtocolModel
+    text: str
+    sha256: str
+    source: str
+
+    @property
+    def analyses(self) -> dict[str, Spec]:
+        return {spec.id: spec for spec in self.model.analysis}
+
+
+def load(path: str | Path) -> Protocol:
+    """Read and validate a protocol file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: protocol file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ProtocolError(f"{path}: cannot read the protocol ({error})") from None
+    return parse(text, source=path.name)
+
+
+def parse(text: str, source: str = "protocol.toml") -> Protocol:
+    """Validate protocol text; errors name the analysis and field and suggest the likely fix."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ProtocolError(f"{source}: not valid TOML: {error}") from None
+    problems = _check_types(data)
+    if problems:
+        raise ProtocolError(f"{source}: " + "; ".join(problems))
+    try:
+        model = ProtocolModel.model_validate(data)
+    except ValidationError as error:
+        raise ProtocolError(f"{source}: " + "; ".join(_problems(error, data))) from None
+    return Protocol(model=model, text=text, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), source=source)
+
+
+def _check_types(data: dict[str, Any]) -> list[str]:
+    """Clear messages for missing or unknown analysis types (before the schema's own)."""
+    problems = []
+    blocks = data.get("analysis", [])
+    for number, block in enumerate(blocks if isinstance(blocks, list) else [], start=1):
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        where = _where(number, block)
+        if kind is None:
+            problems.append(f"{where}: missing 'type' (one of: {', '.join(TYPES)})")
+        elif kind not in TYPES:
+            problems.append(f"{where}: unknown type '{kind}'" + _suggest(str(kind), list(TYPES)))
+    return problems
+
+
+def _where(number: int, block: dict[str, Any]) -> str:
+    return f"analysis #{number}" + (f" (id '{block['id']}')" if isinstance(block.get("id"), str) else "")
+
+
+def _describe(error: Any, data: dict[str, Any]) -> str:
+    """One pydantic error as 'where: what'."""
+    loc = list(error["loc"])
+    if len(loc) == 1 and error["type"] in ("missing", "extra_forbidden"):
+        if error["type"] == "missing":
+            return f"missing section [{loc[0]}]"
+        return f"unknown section [{loc[0]}]" + _suggest(str(loc[0]), list(ProtocolModel.model_fields))
+    if loc[0] == "analysis" and len(loc) > 1 and isinstance(loc[1], int):
+        block = data["analysis"][loc[1]]
+        where, fields = _where(loc[1] + 1, block), list(TYPES[block["type"]].spec.model_fields)
+        loc = loc[3:]  # drop "analysis", the index and the discriminator tag
+    else:
+        section = {"study": StudySection, "cohort": CohortSection}.get(str(loc[0]))
+        where, fields = f"[{loc[0]}]", list(section.model_fields) if section else []
+        loc = loc[1:]
+    field = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field '{field}'" + _suggest(field, fields)
+    if error["type"] == "missing":
+        return f"{where}: missing required field '{field}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: field '{field}': {message}" if field else message
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(known)})"
+
+
+def _problems(error: ValidationError, data: dict[str, Any]) -> list[str]:
+    """Readable problems, without 'missing x' where an unknown field already suggests 'x'."""
+    problems = [_describe(e, data) for e in error.errors()]
+    suggested = {p.split("did you mean ")[1].split("'")[1] for p in problems if "did you mean" in p}
+    return [p for p in problems if not any(p.endswith(f"missing required field '{name}'") for name in suggested)]

@@ -1,0 +1,117 @@
+"""Readable text tables of a results document, for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+
+def render(results: dict[str, Any]) -> str:
+    """All analyses of a results document as text."""
+    sites = ", ".join(f"{s['id']} ({s['rows']})" for s in results["sites"])
+    parts = [
+        f"Study {results['study']['id']}: {results['study']['title']}",
+        f"protocol sha256 {results['protocol_sha256']}",
+        f"sites (rows): {sites}",
+        f"{results['rounds']} rounds in {results['seconds']:.1f} s on {results['engine']}",
+    ]
+    for analysis_id, result in results["analyses"].items():
+        parts.append("")
+        if "error" in result:
+            parts.append(f"== {analysis_id}: FAILED: {result['error']}")
+            continue
+        parts.append(f"== {analysis_id} ({result['type']}, n = {result['n']}, dropped for missing values = {result['n_dropped']})")
+        parts.append(_RENDERERS[result["type"]](result))
+    return "\n".join(parts)
+
+
+def _table(rows: dict[str, dict[str, Any]], columns: list[str] | None = None) -> str:
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if columns:
+        frame = frame[columns]
+    return frame.to_string(float_format=lambda v: f"{v:.4g}")
+
+
+def _describe(result: dict[str, Any]) -> str:
+    numeric = {k: v for k, v in result["variables"].items() if v["kind"] == "numeric"}
+    lines = [_table(numeric, ["n", "missing", "mean", "sd"])] if numeric else []
+    for name, summary in result["variables"].items():
+        if summary["kind"] != "numeric":
+            counts = ", ".join(f"{level}: {count}" for level, count in summary["counts"].items())
+            lines.append(f"{name} (missing {summary['missing']}): {counts}")
+    return "\n".join(lines)
+
+
+def _crosstab(result: dict[str, Any]) -> str:
+    table = pd.DataFrame(result["table"], index=result["row_levels"], columns=result["column_levels"])
+    table.index.name, table.columns.name = result["row"], result["column"]
+    chi2 = result["chi2"]
+    lines = [table.to_string(), f"Pearson chi2 = {chi2['statistic']:.4f}, df = {chi2['df']}, p = {chi2['p']:.4g}"]
+    if "fisher" in result:
+        lines.append(f"Fisher exact: odds ratio = {result['fisher']['odds_ratio']}, p = {result['fisher']['p']:.4g}")
+    return "\n".join(lines)
+
+
+def _ttest(result: dict[str, Any]) -> str:
+    lines = [_table(result["groups"])]
+    for name in ("welch", "pooled"):
+        t = result[name]
+        lines.append(
+            f"{name}: difference = {result['difference']:.4g} [{t['ci_lower']:.4g}, {t['ci_upper']:.4g}], "
+            f"t = {t['statistic']:.4f}, df = {t['df']:.1f}, p = {t['p']:.4g}"
+        )
+    return "\n".join(lines)
+
+
+def _glm(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            _table(result["params"], ["coef", "se", "z", "p", "ci_lower", "ci_upper"]),
+            f"log-likelihood = {result['log_likelihood']:.4f}, deviance = {result['deviance']:.4f}, "
+            f"AIC = {result['aic']:.4f}",
+        ]
+    )
+
+
+def _kaplan_meier(result: dict[str, Any]) -> str:
+    rows = {
+        group: {"n": curve["at_risk"][0], "events": sum(curve["events"]), "median": curve["median"]}
+        for group, curve in result["groups"].items()
+    }
+    return _table(rows)
+
+
+def _logrank(result: dict[str, Any]) -> str:
+    strata = f" stratified by {', '.join(result['strata'])}" if result["strata"] else ""
+    return "\n".join(
+        [
+            _table(result["groups"]),
+            f"chi2 = {result['statistic']:.4f}, df = {result['df']}, p = {result['p']:.4g}{strata}",
+        ]
+    )
+
+
+def _cox(result: dict[str, Any]) -> str:
+    lr = result["likelihood_ratio_test"]
+    return "\n".join(
+        [
+            _table(result["params"], ["coef", "exp_coef", "se", "z", "p", "ci_lower", "ci_upper"]),
+            f"events = {result['events']}, ties = {result['ties']}, log-likelihood = {result['log_likelihood']:.4f}, "
+            f"LR test = {lr['statistic']:.4f} on {lr['df']} df (p = {lr['p']:.4g})",
+        ]
+    )
+
+
+_RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "describe": _describe,
+    "crosstab": _crosstab,
+    "ttest": _ttest,
+    "linear": _glm,
+    "logistic": _glm,
+    "poisson": _glm,
+    "kaplan_meier": _kaplan_meier,
+    "logrank": _logrank,
+    "cox": _cox,
+}

@@ -1,0 +1,46 @@
+"""The coordinator as a Flower ServerApp: runs a protocol's analyses over the connected nodes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from analyses import driver, registry
+from workbench.federation import FlowerExchange, wait_for_nodes
+from workbench.protocol import Protocol
+
+
+@dataclass
+class StudyRun:
+    """What a finished study produced: per-analysis results, the sites, rounds and time."""
+
+    analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sites: dict[str, int] = field(default_factory=dict)
+    rounds: int = 0
+    seconds: float = 0.0
+
+
+def make_server_app(
+    protocol: Protocol,
+    sites: int,
+    run: StudyRun,
+    progress: driver.Progress | None = None,
+    timeout: float = 600.0,
+) -> ServerApp:
+    """A ServerApp that runs `protocol` once `sites` nodes are connected, filling `run`."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        nodes = wait_for_nodes(grid, sites, timeout)
+        started = time.perf_counter()
+        exchange = FlowerExchange(grid, nodes, protocol, timeout)
+        plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
+        run.analyses = driver.run(plans, exchange, progress)
+        run.sites, run.rounds, run.seconds = exchange.sites, exchange.rounds, time.perf_counter() - started
+
+    return app
