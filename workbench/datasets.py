@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 import pandas as pd
 from lifelines.datasets import load_gbsg2, load_lung
@@ -38,3 +40,15 @@ def gbsg2_sites() -> dict[str, pd.DataFrame]:
     gbsg2 = load_gbsg2()
     site = np.random.default_rng(2).choice(5, size=len(gbsg2), p=[0.35, 0.25, 0.2, 0.12, 0.08])
     return {f"gbsg-{k + 1}": gbsg2[site == k] for k in range(5)}
+
+
+def actg175() -> pd.DataFrame:
+    """ACTG 175 HIV trial (2,139 patients; `days`, `cens`, treatment `arms` 0-3), shipped with lifelines."""
+    with resources.files("lifelines.datasets").joinpath("ACTG175.csv").open() as stream:
+        return pd.read_csv(stream, index_col=0)
+
+
+def partition(rows: pd.DataFrame, sites: int, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Rows dealt at random (fixed seed) to `sites` sites of equal expected size, none empty."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return {f"site-{k + 1:03d}": rows.iloc[np.sort(order[k::sites])] for k in range(sites)}

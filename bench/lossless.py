@@ -1,0 +1,174 @@
+"""How lossless is "lossless"? Federated results vs the same analysis on the pooled rows.
+
+Prints, per analysis, the largest absolute difference from the reference library
+(statsmodels, scipy, lifelines with tight options), on NCCTG lung split by its 18
+real institutions and on FLamby Fed-TCGA-BRCA split by its 6 regions; then the
+federated Cox model's test C-index per region next to FLamby's published numbers.
+
+    python bench/lossless.py [--brca ../shared/data/flamby_tcga_brca]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.statistics import logrank_test, multivariate_logrank_test
+from lifelines.utils import concordance_index
+from pydantic import TypeAdapter
+from scipy import stats
+from statsmodels.duration.hazard_regression import PHReg
+from statsmodels.duration.survfunc import survdiff
+
+from analyses.driver import run_in_memory
+from analyses.registry import AnySpec
+from workbench.datasets import lung_institutions
+
+TIGHT = {"step_size": 1.0, "precision": 1e-12, "r_precision": 0.0}
+FLAMBY_PUBLISHED = {"pooled (FLamby)": 0.676, "FedAvg (FLamby)": 0.732, "best strategy (FLamby)": 0.815}
+ROWS: list[tuple[str, str, str, float]] = []
+
+
+def federate(frames: dict[str, pd.DataFrame], **blocks: dict) -> dict[str, dict]:
+    adapter = TypeAdapter(AnySpec)
+    specs = {key: adapter.validate_python({"id": key, **block}) for key, block in blocks.items()}
+    return run_in_memory(specs, frames)
+
+
+def record(dataset: str, analysis: str, reference: str, ours: list[float], theirs: list[float]) -> None:
+    ROWS.append((dataset, analysis, reference, float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))))
+
+
+def params(result: dict, names: list[str], key: str) -> list[float]:
+    return [result["params"][name][key] for name in names]
+
+
+def lung() -> None:
+    sites = lung_institutions()
+    data = pd.concat([rows.assign(site=site) for site, rows in sites.items()], ignore_index=True)
+    cov = ["age", "sex", "ph.ecog"]
+    surv = {"duration": "time", "event": "status"}
+    r = federate(
+        sites,
+        describe={"type": "describe", "variables": ["age", "wt.loss", "meal.cal"]},
+        crosstab={"type": "crosstab", "row": "sex", "column": "ph.ecog"},
+        ttest={"type": "ttest", "variable": "age", "group": "sex"},
+        linear={"type": "linear", "outcome": "wt.loss", "covariates": cov},
+        logistic={"type": "logistic", "outcome": "status", "covariates": cov},
+        poisson={"type": "poisson", "outcome": "status", "covariates": ["age", "sex"], "exposure": "time"},
+        km={"type": "kaplan_meier", **surv, "group": "sex"},
+        logrank={"type": "logrank", **surv, "group": "sex"},
+        logrank4={"type": "logrank", **surv, "group": "ph.ecog"},
+        logrank_site={"type": "logrank", **surv, "group": "sex", "strata": ["site"]},
+        cox={"type": "cox", **surv, "covariates": cov},
+        cox_breslow={"type": "cox", **surv, "covariates": cov, "ties": "breslow"},
+        cox_site={"type": "cox", **surv, "covariates": cov, "strata": ["site"]},
+        cox_ridge={"type": "cox", **surv, "covariates": cov, "penalizer": 0.1},
+    )
+    d = "lung/18 inst"
+    ours = [v for name in ("age", "wt.loss", "meal.cal") for v in (r["describe"]["variables"][name]["mean"], r["describe"]["variables"][name]["sd"])]
+    theirs = [v for name in ("age", "wt.loss", "meal.cal") for v in (data[name].mean(), data[name].std())]
+    record(d, "describe mean, sd", "pandas", ours, theirs)
+    table = pd.crosstab(data.sex, data["ph.ecog"]).to_numpy()
+    chi2 = stats.chi2_contingency(table)
+    record(d, "crosstab chi2, p", "scipy", [r["crosstab"]["chi2"]["statistic"], r["crosstab"]["chi2"]["p"]], [chi2.statistic, chi2.pvalue])
+    a, b = data.age[data.sex == 1], data.age[data.sex == 2]
+    for name, equal in (("pooled", True), ("welch", False)):
+        t = stats.ttest_ind(a, b, equal_var=equal)
+        record(d, f"t-test {name} t, p", "scipy", [r["ttest"][name]["statistic"], r["ttest"][name]["p"]], [t.statistic, t.pvalue])
+    names = ["Intercept", *cov]
+    formula = " ~ age + sex + Q('ph.ecog')"
+    rows = data[["wt.loss", *cov]].dropna()
+    ols = smf.ols("Q('wt.loss')" + formula, rows).fit()
+    record(d, "linear coef, se", "statsmodels OLS", params(r["linear"], names, "coef") + params(r["linear"], names, "se"), [*ols.params, *ols.bse])
+    rows = data[["status", *cov]].dropna()
+    glm = smf.glm("status" + formula, rows, family=sm.families.Binomial()).fit(tol=1e-14)
+    record(d, "logistic coef, se", "statsmodels GLM", params(r["logistic"], names, "coef") + params(r["logistic"], names, "se"), [*glm.params, *glm.bse])
+    pois = smf.glm("status ~ age + sex", data, family=sm.families.Poisson(), exposure=data.time).fit(tol=1e-14)
+    names3 = ["Intercept", "age", "sex"]
+    record(d, "poisson coef, se", "statsmodels GLM", params(r["poisson"], names3, "coef") + params(r["poisson"], names3, "se"), [*pois.params, *pois.bse])
+    ours, theirs = [], []
+    for level in (1, 2):
+        km = KaplanMeierFitter().fit(data.time[data.sex == level], data.status[data.sex == level])
+        curve = r["km"]["groups"][str(level)]
+        ours += curve["survival"] + curve["ci_lower"] + curve["ci_upper"]
+        theirs += [*km.survival_function_.iloc[:, 0], *km.confidence_interval_.iloc[:, 0], *km.confidence_interval_.iloc[:, 1]]
+    record(d, "Kaplan-Meier S, CI", "lifelines", ours, theirs)
+    lr = logrank_test(data.time[data.sex == 1], data.time[data.sex == 2], data.status[data.sex == 1], data.status[data.sex == 2])
+    record(d, "log-rank chi2", "lifelines", [r["logrank"]["statistic"]], [lr.test_statistic])
+    rows = data.dropna(subset=["ph.ecog"])
+    lr4 = multivariate_logrank_test(rows.time, rows["ph.ecog"], rows.status)
+    record(d, "log-rank 4 groups chi2", "lifelines", [r["logrank4"]["statistic"]], [lr4.test_statistic])
+    chi, _ = survdiff(data.time, data.status, data.sex, strata=data.site)
+    record(d, "log-rank by site chi2", "statsmodels survdiff", [r["logrank_site"]["statistic"]], [chi])
+    rows = data[["time", "status", *cov, "site"]].dropna()
+    for key, ties, strata in (("cox", "efron", None), ("cox_breslow", "breslow", None), ("cox_site", "efron", rows.site)):
+        ref = PHReg(rows.time, rows[cov], status=rows.status, ties=ties, strata=strata).fit(tol=1e-12)
+        label = f"Cox {ties}" + (" by site" if strata is not None else "")
+        record(d, f"{label} coef, se", "statsmodels PHReg", params(r[key], cov, "coef") + params(r[key], cov, "se"), [*ref.params, *ref.bse])
+    ref = CoxPHFitter().fit(rows[["time", "status", *cov]], "time", "status", fit_options=TIGHT)
+    record(d, "Cox efron coef, se", "lifelines (tight)", params(r["cox"], cov, "coef") + params(r["cox"], cov, "se"), [*ref.params_, *ref.standard_errors_])
+    ref = CoxPHFitter(penalizer=0.1).fit(rows[["time", "status", *cov]], "time", "status", fit_options=TIGHT)
+    record(d, "Cox L2 0.1 coef, se", "lifelines (tight)", params(r["cox_ridge"], cov, "coef") + params(r["cox_ridge"], cov, "se"), [*ref.params_, *ref.standard_errors_])
+
+
+def brca(folder: Path) -> list[tuple[str, float]]:
+    """FLamby Fed-TCGA-BRCA: its 6 regions as sites; L2 Cox on the train split, C-index on each test split."""
+    table = pd.read_csv(folder / "brca.csv").merge(pd.read_csv(folder / "train_test_split.csv"), on="pid")
+    table["split"], table["center"] = zip(*table.pop("fold2").str.split("_"), strict=True)
+    features = [c for c in table.columns if c not in ("pid", "E", "T", "fold", "split", "center")]
+    renamed = {c: f"x{i:02d}" for i, c in enumerate(features)}  # protocol-safe names; same columns
+    table = table.rename(columns=renamed)
+    features = list(renamed.values())
+    train = table[table.split == "train"]
+    features = [c for c in features if train[c].std() > 0]
+    sites = {f"region-{c}": rows for c, rows in train.groupby("center")}
+    block = {"type": "cox", "duration": "T", "event": "E", "covariates": features, "penalizer": 0.1}
+    r = federate(sites, cox=block, km={"type": "kaplan_meier", "duration": "T", "event": "E"})
+    ref = CoxPHFitter(penalizer=0.1).fit(train[["T", "E", *features]], "T", "E", fit_options=TIGHT)
+    d = "TCGA-BRCA/6 regions"
+    record(d, f"Cox L2 0.1 ({len(features)} covariates) coef, se", "lifelines (tight)",
+           params(r["cox"], features, "coef") + params(r["cox"], features, "se"), [*ref.params_, *ref.standard_errors_])  # fmt: skip
+    km = KaplanMeierFitter().fit(train["T"], train["E"])
+    record(d, "Kaplan-Meier S, CI", "lifelines", r["km"]["groups"]["all"]["survival"] + r["km"]["groups"]["all"]["ci_lower"],
+           [*km.survival_function_.iloc[:, 0], *km.confidence_interval_.iloc[:, 0]])  # fmt: skip
+    beta = np.array(params(r["cox"], features, "coef"))
+    regions = pd.read_csv(folder / "centers.csv").set_index("TSS Code")["Region"]
+    scores = []
+    for center, rows in table[table.split == "test"].groupby("center"):
+        region = regions[rows.pid.str[5:7]].mode()[0]
+        risk = rows[features].to_numpy() @ beta
+        name = f"{center} {region} ({len(rows)} test patients)"
+        scores.append((name, concordance_index(rows["T"], -risk, rows["E"])))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brca", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flamby_tcga_brca")
+    args = parser.parse_args()
+    lung()
+    scores = brca(args.brca) if (args.brca / "brca.csv").is_file() else []
+    print(f"# lossless benchmark - Python {platform.python_version()}, {platform.machine()}, numpy {np.__version__}")
+    print(f"{'data':<20} {'analysis':<40} {'reference':<22} {'max |diff|':>10}")
+    for dataset, analysis, reference, diff in ROWS:
+        print(f"{dataset:<20} {analysis:<40} {reference:<22} {diff:>10.1e}")
+    if scores:
+        print("\n# Federated Cox (L2 0.1, exact Newton) test C-index per FLamby region")
+        for name, value in scores:
+            print(f"{name:<40} {value:.3f}")
+        print(f"{'mean over regions':<40} {np.mean([v for _, v in scores]):.3f}")
+        for name, value in FLAMBY_PUBLISHED.items():
+            print(f"{name:<40} {value:.3f}")
+    else:
+        print(f"\n(FLamby data not found at {args.brca}; pass --brca)")
+
+
+if __name__ == "__main__":
+    main()

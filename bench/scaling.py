@@ -1,0 +1,139 @@
+"""Scaling: a survival suite (Kaplan–Meier + log-rank + Cox) against the number of sites.
+
+ACTG 175 (2,139 real patients) is dealt at random into 5, 20, 67 and 200 site folders;
+`workbench run` executes the suite on the Flower simulation engine. Printed per
+site count: wall time of the whole command (Python and Ray start included), time of
+the study itself (first round to last), rounds, and the peak resident memory of the
+command's whole process tree (Ray workers included, sampled every 50 ms); then the
+same suite in this process without Flower, and pooled lifelines on the same rows.
+
+    python bench/scaling.py [--sites 5 20 67 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.statistics import multivariate_logrank_test
+
+from analyses.driver import run_in_memory
+from workbench import protocol as protocols
+from workbench.datasets import actg175, partition
+
+COVARIATES = ["age", "wtkg", "karnof", "cd40", "treat"]
+PROTOCOL = f"""
+[study]
+id = "actg175-scaling"
+title = "Survival suite on ACTG 175"
+
+[[analysis]]
+id = "km"
+type = "kaplan_meier"
+duration = "days"
+event = "cens"
+group = "arms"
+
+[[analysis]]
+id = "logrank"
+type = "logrank"
+duration = "days"
+event = "cens"
+group = "arms"
+
+[[analysis]]
+id = "cox"
+type = "cox"
+duration = "days"
+event = "cens"
+covariates = {json.dumps(COVARIATES)}
+"""
+
+
+def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.05) -> list[int]:
+    """Sample the process tree's total RSS until it exits; returns [peak bytes]."""
+    peak = [0]
+
+    def sample() -> None:
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    process.wait()
+    thread.join()
+    return peak
+
+
+def flower(rows, sites: int, folder: Path) -> dict[str, float]:
+    paths = []
+    for site_id, site_rows in partition(rows, sites).items():
+        (folder / site_id).mkdir(parents=True)
+        site_rows.to_csv(folder / site_id / "patients.csv", index=False)
+        paths += ["--site", str(folder / site_id)]
+    (folder / "protocol.toml").write_text(PROTOCOL)
+    command = [sys.executable, "-m", "workbench.cli", "run", str(folder / "protocol.toml"), *paths,
+               "--out", str(folder / "out"), "--quiet"]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = peak_tree_rss(process)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{sites} sites failed: {process.stderr.read().decode() if process.stderr else ''}")
+    results = json.loads((folder / "out" / "results.json").read_text())
+    return {"wall": wall, "study": results["seconds"], "rounds": results["rounds"], "peak_mb": peak[0] / 2**20}
+
+
+def in_memory(rows, sites: int) -> float:
+    specs = protocols.parse(PROTOCOL).analyses
+    frames = partition(rows, sites)
+    started = time.perf_counter()
+    run_in_memory(specs, frames)
+    return time.perf_counter() - started
+
+
+def pooled(rows) -> float:
+    started = time.perf_counter()
+    for _, group in rows.groupby("arms"):
+        KaplanMeierFitter().fit(group.days, group.cens)
+    multivariate_logrank_test(rows.days, rows.arms, rows.cens)
+    CoxPHFitter().fit(rows[["days", "cens", *COVARIATES]], "days", "cens")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, nargs="+", default=[5, 20, 67, 200])
+    args = parser.parse_args()
+    rows = actg175()
+    print(f"# scaling benchmark - {len(rows)} ACTG 175 patients, KM + log-rank (4 arms) + Cox ({len(COVARIATES)} covariates)")
+    print(f"# Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Flower simulation (Ray backend, 1 CPU per node)")  # fmt: skip
+    print(f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'study s':>8} {'peak MiB':>9} {'no-Flower s':>11}")
+    for sites in args.sites:
+        with tempfile.TemporaryDirectory() as folder:
+            f = flower(rows, sites, Path(folder))
+        local = in_memory(rows, sites)
+        print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {f['study']:>8.1f} "
+              f"{f['peak_mb']:>9.0f} {local:>11.2f}")  # fmt: skip
+    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {pooled(rows):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
