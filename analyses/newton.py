@@ -19,6 +19,9 @@ Evaluation = tuple[float, np.ndarray, np.ndarray]
 TOLERANCE = 1e-22
 """Stop when the Newton decrement gᵀ(−H)⁻¹g is below this, relative to |objective|."""
 
+MAX_CONDITION = 1e12
+"""Largest condition number of the information matrix (scaled to unit diagonal) that is accepted."""
+
 
 @dataclass(frozen=True)
 class NewtonFit:
@@ -45,10 +48,7 @@ def maximize(
     objective, gradient, hessian = evaluate(totals, beta)
     initial, evaluations = objective, 1
     while True:
-        try:
-            step = np.linalg.solve(-hessian, gradient)
-        except np.linalg.LinAlgError:
-            raise AnalysisError("the information matrix is singular: a covariate is constant or collinear") from None
+        step = _newton_step(hessian, gradient)
         decrement = float(gradient @ step)
         if decrement <= TOLERANCE * max(1.0, abs(objective)):
             return NewtonFit(beta, objective, gradient, hessian, initial, evaluations, totals)
@@ -69,3 +69,18 @@ def maximize(
             scale /= 2
         beta, totals = candidate, candidate_totals
         objective, gradient, hessian = result
+
+
+def _newton_step(hessian: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """Solve −H·step = g, refusing a (numerically) singular information matrix."""
+    information = -hessian
+    scale = np.sqrt(np.diag(information))
+    singular = AnalysisError(
+        "the information matrix is singular: a covariate is constant, collinear with others, "
+        "or separates the outcome perfectly"
+    )
+    if not np.all(np.isfinite(information)) or np.any(scale <= 0):
+        raise singular
+    if np.linalg.cond(information / np.outer(scale, scale)) > MAX_CONDITION:
+        raise singular
+    return np.linalg.solve(information, gradient)
