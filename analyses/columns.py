@@ -132,3 +132,30 @@ def design_matrix(
             index = codes(frame, name, levels[name])
             blocks.append((index[:, None] == np.arange(1, len(levels[name]))[None, :]).astype(float))
     return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
+
+
+def cell_codes(frame: pd.DataFrame, names: Sequence[str], levels: Mapping[str, Sequence[Level]]) -> tuple[np.ndarray, int]:
+    """One index per row for the combination of `names`' levels, and the number of combinations."""
+    code = np.zeros(len(frame), dtype=np.int64)
+    cells = 1
+    for name in names:
+        code = code * len(levels[name]) + codes(frame, name, levels[name])
+        cells *= len(levels[name])
+    return code, cells
+
+
+def category_counts(frame: pd.DataFrame, covariates: Sequence[str], binary: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """Counts a regression reveals about categories (DataSHIELD's guard), to check against the minimum.
+
+    Per text covariate, the rows at each level; per covariate or array in `binary` with two
+    distinct values, the rows holding the rarer one.
+    """
+    found: list[int] = []
+    columns = [frame[name] for name in covariates] + [pd.Series(values) for values in binary]
+    for series in columns:
+        counts = series.value_counts().to_numpy()
+        if not is_numeric_dtype(series) and not is_bool_dtype(series):
+            found.extend(counts.tolist())
+        elif len(counts) == 2:
+            found.append(int(counts.min()))
+    return np.array(found, dtype=np.int64)

@@ -57,6 +57,14 @@ class AnalysisError(Exception):
     """The combined data do not allow the analysis (too few groups, no convergence, ...)."""
 
 
+class Refusal(AnalysisError):
+    """Sites refused to contribute to an analysis; `sites` maps each to its reason."""
+
+    def __init__(self, sites: Mapping[str, str]) -> None:
+        self.sites = dict(sorted(sites.items()))
+        super().__init__("refused by " + "; ".join(f"{site} ({reason})" for site, reason in self.sites.items()))
+
+
 def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduce) -> Contribution:
     """Combine site replies in site-id order, so any answer order gives identical bits.
 

@@ -6,7 +6,7 @@ scipy, so they equal scipy on the pooled rows whenever the table does.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,16 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Spec
+
+
+MANIFEST = (
+    *DISCOVERY,
+    Item("counts", "table", "(row levels, column levels)", "patients per cell", Control.RANGE),
+    Item("counts", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
+)
 
 
 class CrosstabSpec(Spec):
@@ -38,20 +47,24 @@ def plan(spec: CrosstabSpec) -> Plan:
         if len(levels) < 2:
             raise AnalysisError(f"'{name}' has a single level among complete rows; a crosstab needs two or more")
     total = yield Query("counts", schema.params())
-    table = total["table"]
-    chi2 = stats.chi2_contingency(table, correction=spec.correction)
-    result = {
+    lower, upper = bounds(total, "table")
+    result: dict[str, Any] = {
         "type": "crosstab",
-        "n": int(table.sum()),
+        "n": int(total["n"][0]),
         "n_dropped": int(total["n_dropped"][0]),
         "row": spec.row,
         "column": spec.column,
         "row_levels": [col.label(level) for level in rows],
         "column_levels": [col.label(level) for level in cols],
-        "table": table.tolist(),
-        "expected": chi2.expected_freq.tolist(),
-        "chi2": {"statistic": float(chi2.statistic), "df": int(chi2.dof), "p": float(chi2.pvalue)},
+        "table": reported(lower.tolist(), upper.tolist()),
     }
+    if np.any(lower != upper):
+        result["tests"] = "not computed: some sites released small cells as ranges (minimum cell count)"
+        return result
+    table = lower
+    chi2 = stats.chi2_contingency(table, correction=spec.correction)
+    result["expected"] = chi2.expected_freq.tolist()
+    result["chi2"] = {"statistic": float(chi2.statistic), "df": int(chi2.dof), "p": float(chi2.pvalue)}
     if table.shape == (2, 2):
         fisher = stats.fisher_exact(table)
         result["fisher"] = {"odds_ratio": float(fisher.statistic), "p": float(fisher.pvalue)}
@@ -65,4 +78,4 @@ def local(spec: CrosstabSpec, frame: pd.DataFrame, query: Query) -> Contribution
     c = col.codes(rows, spec.column, levels[spec.column])
     table = np.zeros((len(levels[spec.row]), len(levels[spec.column])), dtype=np.int64)
     np.add.at(table, (r, c), 1)
-    return {"table": table, "n_dropped": np.array([len(frame) - len(rows)])}
+    return {"table": table, "n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}

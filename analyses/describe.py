@@ -15,7 +15,20 @@ from pydantic import Field
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Spec
+
+
+MANIFEST = (
+    *DISCOVERY,
+    Item("moments", "rows", "(1,)", "rows in the cohort", Control.MINIMUM),
+    Item("moments", "n:*", "(1,)", "non-missing values of a variable", Control.MINIMUM),
+    Item("moments", "missing:*", "(1,)", "missing values of a variable"),
+    Item("moments", "sum:*", "(1,)", "sum of a numeric variable"),
+    Item("moments", "counts:*", "(levels,)", "patients per level of a text variable", Control.RANGE),
+    Item("spread", "rows", "(1,)", "rows in the cohort", Control.MINIMUM),
+    Item("spread", "ss:*", "(1,)", "sum of squared deviations from the pooled mean"),
+)
 
 
 class DescribeSpec(Spec):
@@ -26,6 +39,9 @@ class DescribeSpec(Spec):
 
     def columns(self) -> list[str]:
         return list(self.variables)
+
+    def row_sets(self, frame: pd.DataFrame) -> list[pd.Index]:
+        return [frame.index, *(col.require(frame, name).dropna().index for name in self.variables)]
 
 
 def plan(spec: DescribeSpec) -> Plan:
@@ -39,8 +55,9 @@ def plan(spec: DescribeSpec) -> Plan:
     for name in spec.variables:
         n, missing = int(first[f"n:{name}"][0]), int(first[f"missing:{name}"][0])
         if name not in numeric:
-            level_counts = first[f"counts:{name}"]
-            counts = {col.label(level): int(c) for level, c in zip(schema.levels[name], level_counts, strict=True)}
+            lower, upper = bounds(first, f"counts:{name}")
+            values = reported(lower.tolist(), upper.tolist())
+            counts = {col.label(level): c for level, c in zip(schema.levels[name], values, strict=True)}
             variables[name] = {"kind": col.CATEGORICAL, "n": n, "missing": missing, "counts": counts}
             continue
         sd = float(np.sqrt(second[f"ss:{name}"][0] / (n - 1))) if n > 1 else None

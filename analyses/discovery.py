@@ -17,6 +17,8 @@ import pandas as pd
 
 from analyses import columns as col
 from analyses.contract import AnalysisError, Contribution, Query
+from analyses.disclosure import time_guard
+from analyses.survival.follow_up import coarsen
 
 PHASE = "discover"
 
@@ -28,9 +30,15 @@ def query(
     covariates: Sequence[str] = (),
     grouping: Sequence[str] = (),
     survival: tuple[str, str] | None = None,
+    grid: float | None = None,
     times: Literal["all", "events"] | None = None,
+    cells: Sequence[str] = (),
 ) -> Query:
-    """A discovery query. `used` are all columns of the analysis (for complete cases)."""
+    """A discovery query. `used` are all columns of the analysis (for complete cases).
+
+    With `times`, sites report their distinct (event) times on the `grid`; the node then
+    checks removals per time cell and per level combination of the `cells` columns.
+    """
     return Query(
         PHASE,
         {
@@ -39,7 +47,9 @@ def query(
             "covariates": list(covariates),
             "grouping": list(grouping),
             "survival": list(survival) if survival else None,
+            "grid": grid,
             "times": times,
+            "cells": list(cells),
         },
         reduce="union",
     )
@@ -61,10 +71,14 @@ def local(frame: pd.DataFrame, params: dict[str, Any]) -> Contribution:
         out[f"levels:{name}"] = col.distinct(rows, name)
     if params["survival"]:
         duration, event = params["survival"]
-        times = col.durations(rows, duration)
+        time = coarsen(col.durations(rows, duration), params["grid"])
         observed = col.events(rows, event)
         if params["times"]:
-            out["times"] = np.unique(times if params["times"] == "all" else times[observed == 1])
+            times = np.unique(time if params["times"] == "all" else time[observed == 1])
+            out["times"] = times
+            local_cells = [col.distinct(rows, name).tolist() for name in params["cells"]]
+            cell, _ = col.cell_codes(rows, params["cells"], dict(zip(params["cells"], local_cells, strict=True)))
+            out["guard:removals"] = time_guard(time, cell, times)
     return out
 
 

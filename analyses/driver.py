@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from analyses import registry
-from analyses.contract import AnalysisError, Contribution, Plan, Query, reduce_queries
+from analyses.contract import AnalysisError, Contribution, Plan, Query, Refusal, reduce_queries
+from analyses.disclosure import Limits, release
 from analyses.spec import Spec
 
 Exchange = Callable[[dict[str, Query]], dict[str, Contribution | AnalysisError]]
@@ -56,16 +57,25 @@ def _advance(
             pending[analysis_id] = plan.send(total)
     except StopIteration as done:
         results[analysis_id] = done.value
+    except Refusal as refusal:
+        results[analysis_id] = {"error": str(refusal), "refused_by": refusal.sites}
     except AnalysisError as error:
         results[analysis_id] = {"error": str(error)}
 
 
-def in_memory(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec]) -> Exchange:
-    """An exchange over site DataFrames held in this process (for notebooks, tests and benchmarks)."""
+def in_memory(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec], limits: Limits = Limits()) -> Exchange:
+    """An exchange over site DataFrames held in this process (for notebooks, tests and benchmarks).
+
+    Each site's reply passes the same disclosure release as on a node, with `limits`.
+    """
+
+    def answer(analysis_id: str, frame: pd.DataFrame, query: Query) -> Contribution:
+        spec = specs[analysis_id]
+        return release(registry.local(spec, frame, query), registry.manifest(spec), query.phase, limits)
 
     def exchange(queries: dict[str, Query]) -> dict[str, Contribution | AnalysisError]:
         replies = [
-            (site, {analysis_id: registry.local(specs[analysis_id], frame, q) for analysis_id, q in queries.items()})
+            (site, {analysis_id: answer(analysis_id, frame, q) for analysis_id, q in queries.items()})
             for site, frame in frames.items()
         ]
         return reduce_queries(replies, queries)

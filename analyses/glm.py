@@ -19,10 +19,25 @@ from scipy import special, stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, DataError, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
 
-FAMILIES = ("linear", "logistic", "poisson")
+MANIFEST = (
+    *DISCOVERY,
+    Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("moments", "sum_y", "(1,)", "sum of the outcome (for the null model)"),
+    Item("moments", "sum_exposure", "(1,)", "sum of the exposure (Poisson)"),
+    Item("moments", "guard:categories", "(k,)", "rows per covariate category and per binary outcome value "
+         "(checked, not sent)", Control.GUARD),
+    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
+    Item("newton", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("newton", "information", "(p, p)", "XᵀWX at the broadcast coefficients"),
+    Item("newton", "score", "(p,)", "Xᵀ(y − μ) at the broadcast coefficients"),
+    Item("newton", "deviance", "(1,)", "deviance at the broadcast coefficients"),
+    Item("newton", "log_likelihood", "(1,)", "log-likelihood at the broadcast coefficients"),
+)  # fmt: skip
 
 
 class GlmSpec(Spec, Confidence):
@@ -127,15 +142,17 @@ def local(spec: GlmSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     exposure = col.numeric(rows, spec.exposure) if spec.exposure else np.ones(len(rows))
     if spec.exposure and (exposure <= 0).any():
         raise DataError(f"exposure column '{spec.exposure}' must be positive")
+    design = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
+    x = np.hstack([np.ones((len(rows), 1)), design])
     if query.phase == "moments":
         return {
             "n": np.array([len(rows)]),
             "n_dropped": np.array([len(frame) - len(rows)]),
             "sum_y": np.array([y.sum()]),
             "sum_exposure": np.array([exposure.sum()]),
+            "guard:categories": col.category_counts(rows, spec.covariates, [y] if spec.type == "logistic" else []),
+            "guard:saturation": np.array([len(rows), x.shape[1]]),
         }
-    design = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
-    x = np.hstack([np.ones((len(rows), 1)), design])
     eta = x @ np.asarray(params["beta"], dtype=float) + np.log(exposure)
     mu, weight, deviance, log_likelihood = _family(spec.type, y, eta)
     return {

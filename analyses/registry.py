@@ -11,6 +11,7 @@ from pydantic import Field
 
 from analyses import crosstab, describe, discovery, glm, ttest
 from analyses.contract import Contribution, Plan, Query
+from analyses.disclosure import Item
 from analyses.spec import Spec
 from analyses.survival import cox, kaplan_meier, logrank
 
@@ -20,6 +21,8 @@ class AnalysisType:
     spec: type[Spec]
     plan: Callable[[Any], Plan]
     local: Callable[[Any, pd.DataFrame, Query], Contribution]
+    manifest: tuple[Item, ...]
+    """Everything a site may return for this analysis, per phase."""
 
 
 _MODULES = (describe, crosstab, ttest, glm, kaplan_meier, logrank, cox)
@@ -34,7 +37,7 @@ _SPECS = (
 )
 
 TYPES: dict[str, AnalysisType] = {
-    name: AnalysisType(spec, module.plan, module.local)
+    name: AnalysisType(spec, module.plan, module.local, module.MANIFEST)
     for module, spec in zip(_MODULES, _SPECS, strict=True)
     for name in spec.model_fields["type"].annotation.__args__  # the Literal's values
 }
@@ -54,3 +57,8 @@ def local(spec: Spec, frame: pd.DataFrame, query: Query) -> Contribution:
     if query.phase == discovery.PHASE:
         return discovery.local(frame, query.params)
     return TYPES[spec.type].local(spec, frame, query)  # type: ignore[attr-defined]
+
+
+def manifest(spec: Spec) -> tuple[Item, ...]:
+    """Everything a site may return for this analysis."""
+    return TYPES[spec.type].manifest  # type: ignore[attr-defined]

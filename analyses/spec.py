@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+
+from analyses.columns import complete_cases
 
 
 class Spec(BaseModel):
@@ -15,6 +18,10 @@ class Spec(BaseModel):
     def columns(self) -> list[str]:
         """Every column of the cohort table this analysis reads."""
         raise NotImplementedError
+
+    def row_sets(self, frame: pd.DataFrame) -> list[pd.Index]:
+        """The rows each statistic it releases covers (for the node's differencing guard)."""
+        return [complete_cases(frame, self.columns()).index]
 
 
 class Confidence(BaseModel):

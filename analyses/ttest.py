@@ -15,7 +15,17 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
+
+
+MANIFEST = (
+    *DISCOVERY,
+    Item("moments", "n", "(2,)", "values per compared group", Control.MINIMUM),
+    Item("moments", "sum", "(2,)", "sum of the variable per group"),
+    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("spread", "ss", "(2,)", "sum of squared deviations from each group's pooled mean"),
+)
 
 
 class TTestSpec(Spec, Confidence):

@@ -25,7 +25,7 @@ def make_client_app(site_folders: Sequence[str] = ()) -> ClientApp:
     def query(message: Message, context: Context) -> Message:
         config = context.node_config
         folder = str(config["site"]) if "site" in config else folders[int(config["partition-id"])]
-        reply = answer(folder, Request.from_records(message.content))
+        reply = answer(folder, Request.from_records(message.content), f"Flower run {message.metadata.run_id}")
         return Message(reply.to_records(), reply_to=message)
 
     return app

@@ -1,44 +1,151 @@
-"""Answer one coordinator request from the site's own rows; nothing row-level leaves."""
+"""Answer one coordinator request from the site's own rows, under the site's policy.
+
+In order: the audit chain must be intact; the request is logged; the protocol must be
+approved here (the node then reads its own stored copy); per analysis, the policy must
+allow it, the differencing guard must admit its rows, and the disclosure release must
+pass. Every release and refusal is logged before the reply leaves.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import tomllib
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from analyses import registry
-from analyses.contract import DataError
-from hospital_node.site import SiteError, load_table, open_site
+from analyses.contract import DataError, Query
+from analyses.disclosure import Refused, release
+from hospital_node import approvals, usage
+from hospital_node.audit import AuditLog
+from hospital_node.cohort import row_keys, select
+from hospital_node.ledger import Ledger
+from hospital_node.site import Site, SiteError, load_table, open_site
 from workbench.messages import Reply, Request
-from workbench.protocol import ProtocolError, parse
+from workbench.protocol import Protocol, ProtocolError
 
 log = logging.getLogger(__name__)
 
+class SiteRefusal(Exception):
+    """The site answers nothing for this request; the message says why and what to do."""
 
-def answer(folder: str | Path, request: Request) -> Reply:
-    """Every pending analysis' contribution, or a reply that says why the site cannot answer."""
-    site_id = Path(folder).name
+
+def answer(folder: str | Path, request: Request, requester: str) -> Reply:
+    """Every pending analysis' contribution (or refusal), or a reply that says why the site cannot answer."""
+    site_id, audit = Path(folder).name, None
     try:
         site = open_site(folder)
-        site_id = site.id
-        if hashlib.sha256(request.protocol_text.encode("utf-8")).hexdigest() != request.protocol_sha256:
-            raise ProtocolError("the protocol text does not match its SHA-256; refusing")
-        protocol = parse(request.protocol_text)
-        table = protocol.model.cohort.table
-        frame = load_table(site, table)
-        file_name = site.table_path(table).name
-        analyses = protocol.analyses
-        contributions = {}
+        site_id, audit = site.id, AuditLog(site.state)
+        _check_chain(audit)
+        audit.append("request", protocol_sha256=request.protocol_sha256, study=_study_id(request.protocol_text),
+             round=request.round, requested_by=requester, queries={k: q.phase for k, q in request.queries.items()})  # fmt: skip
+        protocol = _approved(site, audit, request)
+        table = load_table(site, protocol.model.cohort.table)
+        cohort = select(table, protocol.model.cohort.filters)
+        keys = row_keys(table, site.policy.row_id)
+        contributions, refusals = {}, {}
         for analysis_id, query in request.queries.items():
-            if analysis_id not in analyses:
-                raise ProtocolError(f"analysis '{analysis_id}' is not in the protocol; refusing")
+            context = {"protocol_sha256": protocol.sha256, "study": protocol.model.study.id, "round": request.round,
+                       "analysis": analysis_id, "phase": query.phase}  # fmt: skip
             try:
-                contributions[analysis_id] = registry.local(analyses[analysis_id], frame, query)
+                sent = _contribution(site, protocol, cohort, keys, analysis_id, query, context)
+            except Refused as refusal:
+                refusals[analysis_id] = str(refusal)
+                audit.append("refusal", **context, reason=str(refusal))
+                continue
             except DataError as error:
-                raise DataError(f"{file_name}: analysis '{analysis_id}': {error}") from None
-        return Reply(site=site.id, rows=len(frame), contributions=contributions)
-    except (SiteError, DataError, ProtocolError) as error:
+                raise DataError(f"{site.table_path(protocol.model.cohort.table).name}: analysis '{analysis_id}': {error}") from None
+            audit.append("release", **context, rows=len(cohort), items=_items(sent), digest=_digest(sent))
+            contributions[analysis_id] = sent
+        entries = audit.entries()
+        metered = usage.by_study(entries).get(protocol.sha256, usage.Usage())
+        return Reply(site.id, len(cohort), contributions, refusals, metered.to_json(), entries[-1]["hash"])
+    except (SiteError, SiteRefusal, DataError, ProtocolError) as error:
+        _log_refusal(audit, request, str(error))
         return Reply(site=site_id, error=str(error))
     except Exception as error:  # a node must answer, never crash; details stay in the node's log
         log.exception("site %s: internal error", site_id)
+        _log_refusal(audit, request, f"internal error: {type(error).__name__}")
         return Reply(site=site_id, error=f"internal error at the node ({type(error).__name__}: {error})")
+
+
+def _contribution(
+    site: Site, protocol: Protocol, cohort: pd.DataFrame, keys: pd.Series, analysis_id: str, query: Query,
+    context: dict[str, Any],
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """One analysis' releasable contribution, or Refused."""
+    spec = protocol.analyses.get(analysis_id)
+    if spec is None:
+        raise Refused(f"analysis '{analysis_id}' is not in the approved protocol")
+    manifest = registry.manifest(spec)
+    if query.phase not in {item.phase for item in manifest}:
+        raise Refused(f"phase '{query.phase}' is not part of a {spec.type} analysis")  # type: ignore[attr-defined]
+    problems = site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
+    if problems:
+        raise Refused("; ".join(problems))
+    ledger = Ledger(site.state)
+    row_sets = [keys[rows].to_numpy() for rows in spec.row_sets(cohort)]
+    for rows in row_sets:
+        ledger.check(rows, site.policy.min_cell_count)
+    sent = release(registry.local(spec, cohort, query), manifest, query.phase, site.policy.limits)
+    for rows in row_sets:
+        ledger.record(rows, context)
+    return sent
+
+
+def _approved(site: Site, audit: AuditLog, request: Request) -> Protocol:
+    sha = request.protocol_sha256
+    if hashlib.sha256(request.protocol_text.encode("utf-8")).hexdigest() != sha:
+        raise SiteRefusal("the protocol text does not match its SHA-256; refusing")
+    if sha not in approvals.current(audit):
+        raise SiteRefusal(
+            f"protocol {sha[:12]} (study '{_study_id(request.protocol_text)}') is not approved at this site; "
+            "its data steward can review and approve it with: workbench node approve PROTOCOL --site SITE_FOLDER"
+        )
+    try:
+        return approvals.approved_protocol(site, sha)
+    except (OSError, ValueError) as error:
+        raise SiteRefusal(f"the approved copy of protocol {sha[:12]} cannot be read ({error})") from None
+
+
+def _check_chain(audit: AuditLog) -> None:
+    """Refuse everything while the audit chain is broken."""
+    result = audit.verify()
+    if not result.ok:
+        raise SiteRefusal(f"the site's audit log is broken ({result.problem}); the node answers nothing until "
+                          "its data steward investigates (workbench node audit verify)")  # fmt: skip
+
+
+def _log_refusal(audit: AuditLog | None, request: Request, reason: str) -> None:
+    if audit is None:
+        return
+    try:
+        audit.append("refusal", protocol_sha256=request.protocol_sha256, study=_study_id(request.protocol_text),
+             round=request.round, analysis=None, reason=reason)  # fmt: skip
+    except OSError:
+        log.exception("cannot write the audit log")
+
+
+def _study_id(text: str) -> str:
+    try:
+        return str(tomllib.loads(text).get("study", {}).get("id", ""))
+    except tomllib.TOMLDecodeError:
+        return ""
+
+
+def _items(contribution: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [{"name": key, "shape": list(value.shape), "dtype": str(value.dtype)} for key, value in contribution.items()]
+
+
+def _digest(contribution: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every released array's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(contribution):
+        value = np.ascontiguousarray(contribution[key])
+        digest.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

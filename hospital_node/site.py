@@ -2,9 +2,9 @@
 
 ```
 site/
-  site.toml      [site] id, name
+  site.toml      [site] id, name; [policy] (see hospital_node.policy)
   patients.csv   (or patients.parquet) one row per patient
-  state/         written by the node
+  state/         written by the node: audit log, approved protocols, query ledger
 ```
 """
 
@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
+
+from hospital_node.policy import Policy
 
 
 class SiteError(Exception):
@@ -27,6 +30,11 @@ class Site:
     path: Path
     id: str
     name: str
+    policy: Policy = Policy()
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"
 
     def table_path(self, table: str) -> Path:
         """The file holding `table`: `<table>.csv` or `<table>.parquet`."""
@@ -46,13 +54,20 @@ def open_site(path: str | Path) -> Site:
     if not config.is_file():
         return Site(path=path, id=path.name, name=path.name)
     try:
-        section = tomllib.loads(config.read_text(encoding="utf-8")).get("site", {})
+        document = tomllib.loads(config.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SiteError(f"{config}: not valid TOML: {error}") from None
+    section = document.get("site", {})
     site_id = section.get("id", path.name)
     if not isinstance(site_id, str) or not site_id:
         raise SiteError(f"{config}: [site] id must be a non-empty text")
-    return Site(path=path, id=site_id, name=str(section.get("name", site_id)))
+    try:
+        policy = Policy.model_validate(document.get("policy", {}))
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise SiteError(f"{config}: [policy] {field}: {first['msg'].removeprefix('Value error, ')}") from None
+    return Site(path=path, id=site_id, name=str(section.get("name", site_id)), policy=policy)
 
 
 def load_table(site: Site, table: str) -> pd.DataFrame:

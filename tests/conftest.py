@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from pydantic import TypeAdapter
 
+from analyses import driver, registry
 from analyses.driver import run_in_memory
 from analyses.registry import AnySpec
+from hospital_node import approvals
+from hospital_node.handler import answer
+from hospital_node.site import open_site
 from workbench.datasets import gbsg2_sites, lung_institutions
+from workbench.federation import SiteExchange
+from workbench.messages import Reply, Request
+from workbench.protocol import Protocol, parse
 
 SPEC = TypeAdapter(AnySpec)
 
@@ -38,3 +46,46 @@ def federate(frames: dict[str, pd.DataFrame], **blocks: dict[str, Any]) -> dict[
     for analysis_id, result in results.items():
         assert "error" not in result, f"{analysis_id}: {result['error']}"
     return results
+
+
+class NodeFolders(SiteExchange):
+    """Rounds delivered to each site folder's real node handler in this process (no network).
+
+    Requests and replies still pass through their Flower record encoding.
+    """
+
+    def __init__(self, protocol: Protocol, folders: list[Path]) -> None:
+        super().__init__(protocol)
+        self.folders = folders
+
+    def send(self, request: Request) -> tuple[list[Reply], list[str]]:
+        replies = []
+        for folder in self.folders:
+            reply = answer(folder, Request.from_records(request.to_records()), "test coordinator")
+            replies.append(Reply.from_records(reply.to_records()))
+        return replies, []
+
+
+def make_site(folder: Path, rows: pd.DataFrame, policy: str = "") -> Path:
+    """A site folder with `rows` as patients.csv and `policy` as its [policy] section."""
+    folder.mkdir(parents=True)
+    (folder / "site.toml").write_text(f'[site]\nid = "{folder.name}"\n' + (f"[policy]\n{policy}\n" if policy else ""))
+    rows.to_csv(folder / "patients.csv", index=False)
+    return folder
+
+
+def study(folders: list[Path], text: str, approve: bool = True) -> tuple[dict[str, dict[str, Any]], NodeFolders]:
+    """Run a protocol over site folders (approving it first, as each steward would)."""
+    protocol = parse(text)
+    if approve:
+        for folder in folders:
+            approvals.approve(open_site(folder), protocol, by="test steward")
+    exchange = NodeFolders(protocol, folders)
+    plans = {key: registry.plan(spec) for key, spec in protocol.analyses.items()}
+    return driver.run(plans, exchange), exchange
+
+
+def protocol_text(*blocks: str, filters: str = "[]") -> str:
+    """A protocol with the given [[analysis]] blocks (TOML body without the header)."""
+    header = f'[study]\nid = "test"\ntitle = "Test study"\n[cohort]\ntable = "patients"\nfilters = {filters}\n'
+    return header + "".join(f"[[analysis]]\n{block.strip()}\n" for block in blocks)

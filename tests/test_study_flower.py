@@ -9,12 +9,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
 from statsmodels.duration.hazard_regression import PHReg
 
-from analyses.driver import run_in_memory
+from analyses import registry
+from analyses.disclosure import Limits
+from analyses.driver import in_memory, run
+from hospital_node.cohort import select
 from workbench import demo as demo_module
 from workbench import protocol as protocol_module
 from workbench.datasets import lung_hospitals
@@ -39,7 +43,11 @@ def test_demo_writes_the_results_contract(demo):
     out, results = demo
     assert results["protocol_sha256"] == protocol_module.load(out / "protocol.toml").sha256
     assert [s["id"] for s in results["sites"]] == [f"hospital-{k}" for k in range(1, 6)]
-    assert sum(s["rows"] for s in results["sites"]) == 227
+    assert sum(s["rows"] for s in results["sites"]) == len(_demo_cohort())
+    assert results["refusals"] == []
+    for site in results["sites"]:
+        assert site["usage"]["queries"] == results["rounds"] and site["usage"]["refusals"] == 0
+        assert site["usage"]["rows"] == site["rows"] and len(site["audit_head"]) == 64
     analyses = results["analyses"]
     assert set(analyses) == set(protocol_module.load(out / "protocol.toml").analyses)
     for result in analyses.values():
@@ -53,27 +61,42 @@ def test_demo_writes_the_results_contract(demo):
     assert results["rounds"] <= 8  # independent analyses share rounds: longest Newton loop + 2
 
 
-def test_flower_results_equal_pooled_references(demo):
+def _demo_frames() -> dict[str, pd.DataFrame]:
+    """The demo hospitals' cohorts: the demo protocol's filters applied to each site's rows."""
+    filters = protocol_module.parse(demo_module.protocol_text()).model.cohort.filters
+    return {site: select(rows, filters) for site, (_, rows) in lung_hospitals().items()}
+
+
+def _demo_cohort() -> pd.DataFrame:
+    return pd.concat(_demo_frames().values())
+
+
+def test_flower_results_equal_pooled_references_on_the_same_grid(demo):
     _, results = demo
     analyses = results["analyses"]
-    lung = __import__("pandas").concat(rows for _, rows in lung_hospitals().values())
-    data = lung[["time", "status", "age", "sex", "ph.ecog"]].dropna()
-    ref = PHReg(data.time, data[["age", "sex", "ph.ecog"]], status=data.status, ties="efron").fit(tol=1e-12)
+    lung = _demo_cohort()
+    weekly = lung.assign(time=np.ceil(lung.time / 7) * 7)
+    ref = PHReg(weekly.time, weekly[["age", "sex", "ph.ecog"]], status=weekly.status, ties="efron").fit(tol=1e-12)
     got = [analyses["cox"]["params"][k]["coef"] for k in ("age", "sex", "ph.ecog")]
     np.testing.assert_allclose(got, ref.params, rtol=0, atol=1e-10)
-    km = KaplanMeierFitter().fit(lung.time[lung.sex == 2], lung.status[lung.sex == 2])
+    women = weekly[weekly.sex == 2]
+    km = KaplanMeierFitter().fit(women.time, women.status)
     np.testing.assert_allclose(analyses["km_sex"]["groups"]["2"]["survival"], km.survival_function_.iloc[:, 0], atol=1e-12)
-    men, women = lung[lung.sex == 1], lung[lung.sex == 2]
+    men = weekly[weekly.sex == 1]
     lr = logrank_test(men.time, women.time, men.status, women.status)
     assert analyses["logrank_sex"]["statistic"] == pytest.approx(lr.test_statistic, abs=1e-10)
     assert analyses["baseline"]["variables"]["wt.loss"]["sd"] == pytest.approx(lung["wt.loss"].std(), abs=1e-12)
+    table = analyses["ecog_by_sex"]["table"]
+    assert table[0][3] == "1-4" and "chi2" not in analyses["ecog_by_sex"]  # one patient with ECOG 3: a range
 
 
 def test_flower_adds_no_error_to_the_in_memory_federation(demo):
     out, results = demo
     study = protocol_module.load(out / "protocol.toml")
-    frames = {site: rows for site, (_, rows) in lung_hospitals().items()}
-    assert results["analyses"] == json.loads(json.dumps(json_safe(run_in_memory(study.analyses, frames))))
+    limits = Limits(min_count=5, min_time_count=1, saturation=True)  # the demo hospitals' policy
+    expected = run({key: registry.plan(spec) for key, spec in study.analyses.items()},
+                   in_memory(_demo_frames(), study.analyses, limits))  # fmt: skip
+    assert results["analyses"] == json.loads(json.dumps(json_safe(expected)))
 
 
 def test_site_order_does_not_change_a_single_bit(demo, tmp_path):
@@ -125,11 +148,26 @@ def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_
     )
 
 
+def test_unapproved_protocol_is_refused_by_every_site(demo, tmp_path):
+    out, _ = demo
+    protocol = tmp_path / "changed.toml"
+    protocol.write_text(demo_module.protocol_text().replace('"Survival in', '"Survival (v2) in'))
+    sites = [a for s in sorted((out / "sites").iterdir())[:2] for a in ("--site", s)]
+    done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
+    _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2: protocol ",
+                    "is not approved at this site", "workbench node approve PROTOCOL --site")  # fmt: skip
+
+
 def test_unknown_column_names_the_analysis_and_suggests_the_fix(demo, tmp_path):
     out, _ = demo
     protocol = tmp_path / "typo.toml"
     protocol.write_text(demo_module.protocol_text().replace('variables = ["age", "wt.loss"]', 'variables = ["agee"]'))
-    sites = [a for s in sorted((out / "sites").iterdir())[:2] for a in ("--site", s)]
+    folders = sorted((out / "sites").iterdir())[:2]
+    for folder in folders:
+        approved = workbench("node", "approve", protocol, "--site", folder, "--yes", "--by", "test steward")
+        assert approved.returncode == 0, approved.stderr
+        assert "Analysis 'baseline' (describe) reads: agee, ph.ecog, ph.karno, wt.loss" in approved.stdout
+    sites = [a for s in folders for a in ("--site", s)]
     done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
     _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2: patients.csv: analysis 'baseline': "
                     "column 'agee' is not in the cohort table (did you mean 'age'?)")  # fmt: skip

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.contract import Query
-from workbench import demo, protocol, report, results
+from workbench import demo, nodes, protocol, report, results
 from workbench.errors import UserError
-from workbench.server_app import StudyRun
-from workbench.simulation import simulate
 
 EXIT_FAILED_ANALYSES = 1
 EXIT_USER_ERROR = 2
@@ -50,6 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a protocol and print its SHA-256")
     validate.add_argument("protocol", type=Path)
     validate.set_defaults(command=_validate)
+
+    node = commands.add_parser("node", help="a hospital data steward's tools for one site folder")
+    steps = node.add_subparsers(required=True, metavar="ACTION")
+    approve = steps.add_parser("approve", help="review what a protocol computes and releases, then approve it")
+    approve.add_argument("protocol", type=Path)
+    approve.add_argument("--yes", action="store_true", help="approve without asking (after printing the review)")
+    revoke = steps.add_parser("revoke", help="withdraw an approval")
+    revoke.add_argument("protocol", help="the protocol file, or its SHA-256 (or the first 8+ characters)")
+    approvals_list = steps.add_parser("approvals", help="list the protocols approved at this site")
+    usage = steps.add_parser("usage", help="queries, releases and rows used per study, from the audit log")
+    audit = steps.add_parser("audit", help="the tamper-evident audit log")
+    audit_steps = audit.add_subparsers(required=True, metavar="ACTION")
+    verify = audit_steps.add_parser("verify", help="recompute the hash chain; exit code 1 if it is broken")
+    for command, handler in ((approve, nodes.approve), (revoke, nodes.revoke), (approvals_list, nodes.approvals),
+                             (usage, nodes.usage), (verify, nodes.verify)):  # fmt: skip
+        command.add_argument("--site", type=Path, required=True, metavar="DIR", help="the site folder")
+        command.add_argument("--by", default=getpass.getuser(), help="who acts (recorded in the audit log)")
+        command.set_defaults(command=handler)
     return parser
 
 
@@ -63,8 +80,12 @@ def _demo(args: argparse.Namespace) -> int:
     sites = demo.build_sites(out / "sites")
     protocol_path = out / "protocol.toml"
     protocol_path.write_text(demo.protocol_text(), encoding="utf-8")
+    study = protocol.load(protocol_path)
     print(f"demo: {len(sites)} hospital sites from the NCCTG lung cancer data in {out / 'sites'}", file=sys.stderr)
-    return _execute(protocol.load(protocol_path), sites, out, quiet=False)
+    demo.approve(sites, study)
+    print(f"demo: approved protocol {study.sha256[:12]} at {', '.join(s.name for s in sites)}, as each hospital's "
+          "data steward would after reviewing `workbench node approve`", file=sys.stderr)  # fmt: skip
+    return _execute(study, sites, out, quiet=False)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -76,8 +97,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: bool) -> int:
+    from workbench.simulation import simulate  # Flower and Ray load only when a study runs
+
     started = time.perf_counter()
-    run: StudyRun = simulate(study, sites, progress=None if quiet else _progress(started))
+    run = simulate(study, sites, progress=None if quiet else _progress(started))
     document = results.build(study, run, engine="flower-simulation")
     path = results.write(document, out)
     if not quiet:

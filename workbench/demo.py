@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
 from pathlib import Path
 
+from hospital_node import approvals
+from hospital_node.site import open_site
 from workbench.datasets import lung_hospitals
+from workbench.protocol import Protocol
 
 
 def protocol_text() -> str:
@@ -13,17 +17,36 @@ def protocol_text() -> str:
     return resources.files("workbench").joinpath("examples/ncctg-lung.toml").read_text(encoding="utf-8")
 
 
+POLICY = """
+[policy]
+min_cell_count = 5
+# Kaplan-Meier, log-rank and Cox send counts per time cell of the protocol's time grid.
+# With about 45 patients per hospital, a minimum of 5 per time cell would refuse every
+# survival curve, so this demo hospital accepts single patients per time cell (weekly grid).
+# That is a data steward's decision, shown at approval; the default is min_cell_count.
+min_time_cell_count = 1
+"""
+
+
 def build_sites(folder: Path) -> list[Path]:
-    """One site folder per hospital (site.toml + patients.csv) under `folder`."""
+    """One fresh site folder per hospital (site.toml with a policy, patients.csv) under `folder`."""
     sites = []
     for site_id, (institutions, rows) in lung_hospitals().items():
         site = folder / site_id
-        site.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(site, ignore_errors=True)
+        site.mkdir(parents=True)
         number = site_id.rsplit("-", 1)[1]
         members = ", ".join(map(str, institutions))
         (site / "site.toml").write_text(
-            f'[site]\nid = "{site_id}"\nname = "Hospital {number} (NCCTG institutions {members})"\n', encoding="utf-8"
+            f'[site]\nid = "{site_id}"\nname = "Hospital {number} (NCCTG institutions {members})"\n{POLICY}',
+            encoding="utf-8",
         )
         rows.to_csv(site / "patients.csv", index=False)
         sites.append(site)
     return sites
+
+
+def approve(sites: list[Path], protocol: Protocol) -> None:
+    """Approve `protocol` at every demo site, as its data steward would."""
+    for folder in sites:
+        approvals.approve(open_site(folder), protocol, by="demo data steward")

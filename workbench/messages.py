@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -50,8 +51,16 @@ class Request:
 class Reply:
     site: str
     rows: int = 0
+    """Rows in the site's cohort (after the protocol's filters)."""
     contributions: dict[str, Contribution] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)
+    """Analysis id → why the site refused it (nothing of it was sent)."""
+    usage: dict[str, Any] = field(default_factory=dict)
+    """The site's metered usage of this study, from its audit log."""
+    audit_head: str = ""
+    """Hash of the last entry of the site's audit chain."""
     error: str = ""
+    """Why the site answers nothing at all."""
 
     def to_records(self) -> RecordDict:
         arrays = {
@@ -61,7 +70,16 @@ class Reply:
         }
         return RecordDict(
             {
-                "site": ConfigRecord({"id": self.site, "rows": self.rows, "error": self.error}),
+                "site": ConfigRecord(
+                    {
+                        "id": self.site,
+                        "rows": self.rows,
+                        "refusals": json.dumps(self.refusals),
+                        "usage": json.dumps(self.usage),
+                        "audit_head": self.audit_head,
+                        "error": self.error,
+                    }
+                ),
                 "data": ArrayRecord(arrays),
             }
         )
@@ -73,4 +91,12 @@ class Reply:
         for name, array in content.array_records["data"].items():
             analysis_id, key = name.split("/", 1)
             contributions.setdefault(analysis_id, {})[key] = array.numpy()
-        return cls(str(site["id"]), int(site["rows"]), contributions, str(site["error"]))
+        return cls(
+            site=str(site["id"]),
+            rows=int(site["rows"]),
+            contributions=contributions,
+            refusals=json.loads(str(site["refusals"])),
+            usage=json.loads(str(site["usage"])),
+            audit_head=str(site["audit_head"]),
+            error=str(site["error"]),
+        )

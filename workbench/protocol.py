@@ -11,9 +11,9 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analyses.registry import TYPES, AnySpec
 from analyses.spec import Spec
@@ -32,10 +32,37 @@ class StudySection(BaseModel):
     description: str = ""
 
 
+Operator = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "missing", "not missing"]
+Value = float | str
+
+
+class Filter(BaseModel):
+    """One structured condition on the cohort table (never evaluated as code)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str
+    op: Operator
+    value: Value | list[Value] | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_operator(self) -> Filter:
+        if self.op in ("missing", "not missing"):
+            if self.value is not None:
+                raise ValueError(f"operator '{self.op}' takes no value")
+        elif self.op in ("in", "not in"):
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError(f"operator '{self.op}' needs a list value, e.g. value = [0, 1]")
+        elif self.value is None or isinstance(self.value, list):
+            raise ValueError(f"operator '{self.op}' needs a single value")
+        return self
+
+
 class CohortSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     table: str = Field("patients", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)
+    filters: list[Filter] = Field(default_factory=list)
 
 
 class ProtocolModel(BaseModel):
@@ -70,6 +97,10 @@ class Protocol:
     @property
     def analyses(self) -> dict[str, Spec]:
         return {spec.id: spec for spec in self.model.analysis}
+
+    def variables(self, spec: Spec) -> list[str]:
+        """Columns an analysis reads, its cohort filters' columns included."""
+        return list(dict.fromkeys([*spec.columns(), *(f.column for f in self.model.cohort.filters)]))
 
 
 def load(path: str | Path) -> Protocol:
@@ -131,6 +162,9 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
         block = data["analysis"][loc[1]]
         where, fields = _where(loc[1] + 1, block), list(TYPES[block["type"]].spec.model_fields)
         loc = loc[3:]  # drop "analysis", the index and the discriminator tag
+    elif loc[:2] == ["cohort", "filters"] and len(loc) > 2:
+        where, fields = f"[cohort] filter #{int(loc[2]) + 1}", list(Filter.model_fields)
+        loc = loc[3:]
     else:
         section = {"study": StudySection, "cohort": CohortSection}.get(str(loc[0]))
         where, fields = f"[{loc[0]}]", list(section.model_fields) if section else []
@@ -141,7 +175,7 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{where}: missing required field '{field}'"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: field '{field}': {message}" if field else message
+    return f"{where}: field '{field}': {message}" if field else f"{where}: {message}"
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -152,5 +186,5 @@ def _suggest(name: str, known: list[str]) -> str:
 def _problems(error: ValidationError, data: dict[str, Any]) -> list[str]:
     """Readable problems, without 'missing x' where an unknown field already suggests 'x'."""
     problems = [_describe(e, data) for e in error.errors()]
-    suggested = {p.split("did you mean ")[1].split("'")[1] for p in problems if "did you mean" in p}
-    return [p for p in problems if not any(p.endswith(f"missing required field '{name}'") for name in suggested)]
+    suggested = {(p.split(":")[0], p.split("did you mean ")[1].split("'")[1]) for p in problems if "did you mean" in p}
+    return [p for p in problems if not any(p == f"{where}: missing required field '{name}'" for where, name in suggested)]

@@ -47,6 +47,8 @@ def _describe(result: dict[str, Any]) -> str:
 def _crosstab(result: dict[str, Any]) -> str:
     table = pd.DataFrame(result["table"], index=result["row_levels"], columns=result["column_levels"])
     table.index.name, table.columns.name = result["row"], result["column"]
+    if "chi2" not in result:
+        return f"{table.to_string()}\ntests {result['tests']}"
     chi2 = result["chi2"]
     lines = [table.to_string(), f"Pearson chi2 = {chi2['statistic']:.4f}, df = {chi2['df']}, p = {chi2['p']:.4g}"]
     if "fisher" in result:

@@ -26,7 +26,11 @@ def build(protocol: Protocol, run: StudyRun, engine: str) -> dict[str, Any]:
         "engine": engine,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": {name: _version(name) for name in ("multicenter-workbench", "flwr", "numpy", "pandas", "scipy")},
-        "sites": [{"id": site, "rows": rows} for site, rows in sorted(run.sites.items())],
+        "sites": [
+            {"id": site, "rows": reply.rows, "usage": reply.usage, "audit_head": reply.audit_head}
+            for site, reply in sorted(run.sites.items())
+        ],
+        "refusals": run.refusals,
         "rounds": run.rounds,
         "seconds": round(run.seconds, 3),
         "analyses": json_safe(run.analyses),

@@ -11,15 +11,17 @@ from flwr.serverapp import Grid, ServerApp
 
 from analyses import driver, registry
 from workbench.federation import FlowerExchange, wait_for_nodes
+from workbench.messages import Reply
 from workbench.protocol import Protocol
 
 
 @dataclass
 class StudyRun:
-    """What a finished study produced: per-analysis results, the sites, rounds and time."""
+    """What a finished study produced: per-analysis results, the sites' last replies, refusals, rounds, time."""
 
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sites: dict[str, int] = field(default_factory=dict)
+    sites: dict[str, Reply] = field(default_factory=dict)
+    refusals: list[dict[str, str]] = field(default_factory=list)
     rounds: int = 0
     seconds: float = 0.0
 
@@ -41,6 +43,7 @@ def make_server_app(
         exchange = FlowerExchange(grid, nodes, protocol, timeout)
         plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
         run.analyses = driver.run(plans, exchange, progress)
-        run.sites, run.rounds, run.seconds = exchange.sites, exchange.rounds, time.perf_counter() - started
+        run.sites, run.refusals = exchange.replies, exchange.refusals
+        run.rounds, run.seconds = exchange.rounds, time.perf_counter() - started
 
     return app

@@ -7,36 +7,20 @@ of its patients had the event then and how many left the risk set then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import pandas as pd
 
-from analyses import columns as col
 from analyses.contract import Contribution, DataError
 
 
-def cell_codes(rows: pd.DataFrame, names: Sequence[str], levels: dict[str, list[col.Level]]) -> tuple[np.ndarray, int]:
-    """One index per row for the combination of `names`' levels, and the number of cells."""
-    code = np.zeros(len(rows), dtype=np.int64)
-    cells = 1
-    for name in names:
-        code = code * len(levels[name]) + col.codes(rows, name, levels[name])
-        cells *= len(levels[name])
-    return code, cells
-
-
-def local(rows: pd.DataFrame, duration: str, event: str, cell: np.ndarray, cells: int, times: np.ndarray) -> Contribution:
+def local(time: np.ndarray, event: np.ndarray, cell: np.ndarray, cells: int, times: np.ndarray) -> Contribution:
     """`events` and `removed`, shaped (cells, times), for the agreed `times`."""
-    time = col.durations(rows, duration)
-    observed = col.events(rows, event)
     where = np.searchsorted(times, time)
     if np.any(where >= len(times)) or np.any(times[np.minimum(where, len(times) - 1)] != time):
         raise DataError("a follow-up time is not on the agreed time grid: did the table change during the study?")
     events = np.zeros((cells, len(times)), dtype=np.int64)
     removed = np.zeros((cells, len(times)), dtype=np.int64)
     np.add.at(removed, (cell, where), 1)
-    np.add.at(events, (cell, where), observed.astype(np.int64))
+    np.add.at(events, (cell, where), event.astype(np.int64))
     return {"events": events, "removed": removed}
 
 

@@ -20,19 +20,44 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item, time_guard
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
-from analyses.survival import counts, risk_sets
+from analyses.survival import risk_sets
+from analyses.survival.follow_up import FollowUp
 
 SITE = "site"
 
 
-class CoxSpec(Spec, Confidence):
+MANIFEST = (
+    *DISCOVERY,
+    Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("moments", "events", "(1,)", "number of events", Control.MINIMUM),
+    Item("moments", "sum_x", "(p,)", "sum of each covariate (for standardization)"),
+    Item("moments", "sum_x2", "(p,)", "sum of squares of each covariate (for standardization)"),
+    Item("moments", "guard:categories", "(k,)", "rows per covariate category (checked, not sent)", Control.GUARD),
+    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
+    Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
+    Item("newton", "S1", "(strata, event times, p)", "risk-set sum of exp(xβ)·x per event time"),
+    Item("newton", "S2", "(strata, event times, p, p)", "risk-set sum of exp(xβ)·xxᵀ per event time"),
+    Item("newton", "D0", "(strata, event times)", "sum of exp(xβ) over the deaths at each event time"),
+    Item("newton", "D1", "(strata, event times, p)", "sum of exp(xβ)·x over the deaths at each event time"),
+    Item("newton", "D2", "(strata, event times, p, p)", "sum of exp(xβ)·xxᵀ over the deaths at each event time"),
+    Item("newton", "d", "(strata, event times)", "deaths per event time", Control.MINIMUM, per_time=True),
+    Item("newton", "z", "(p,)", "sum of the covariates of all deaths"),
+    Item("newton", "guard:removals", "(strata, event times + 1)", "patients leaving the risk set between event "
+         "times (checked, not sent)", Control.GUARD, per_time=True),
+    Item("newton", "loglik", "(1,)", "stratified by site: the site's log partial likelihood"),
+    Item("newton", "gradient", "(p,)", "stratified by site: its gradient"),
+    Item("newton", "hessian", "(p, p)", "stratified by site: its Hessian"),
+)  # fmt: skip
+
+
+class CoxSpec(Spec, FollowUp, Confidence):
     """Hazard ratios of `covariates` for `duration`/`event`."""
 
     type: Literal["cox"]
-    duration: str
-    event: str
     covariates: list[str] = Field(min_length=1)
     ties: Literal["efron", "breslow"] = "efron"
     penalizer: float = Field(0.0, ge=0)
@@ -56,7 +81,9 @@ def plan(spec: CoxSpec) -> Plan:
                 covariates=spec.covariates,
                 grouping=spec.strata_columns,
                 survival=(spec.duration, spec.event),
+                grid=spec.grid_width,
                 times=None if by_site else "events",
+                cells=spec.strata_columns,
             )
         )
     )
@@ -100,6 +127,7 @@ def plan(spec: CoxSpec) -> Plan:
         "ties": spec.ties,
         "penalizer": spec.penalizer,
         "strata": spec.strata,
+        "time_grid": spec.time_grid,
         "params": {
             name: {
                 "coef": float(b),
@@ -123,8 +151,7 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     rows = col.complete_cases(frame, spec.columns())
     params = query.params
     x = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
-    time = col.durations(rows, spec.duration)
-    event = col.events(rows, spec.event)
+    time, event = spec.follow_up(rows)
     if query.phase == "moments":
         return {
             "n": np.array([len(rows)]),
@@ -132,16 +159,18 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
             "events": np.array([int(event.sum())]),
             "sum_x": x.sum(axis=0),
             "sum_x2": (x**2).sum(axis=0),
+            "guard:categories": col.category_counts(rows, spec.covariates),
+            "guard:saturation": np.array([len(rows), x.shape[1]]),
         }
     standardized = (x - np.asarray(params["mean"])) / np.asarray(params["sd"])
     beta = np.asarray(params["beta"], dtype=float)
-    stratum, strata = counts.cell_codes(rows, spec.strata_columns, params["levels"])
+    stratum, strata = col.cell_codes(rows, spec.strata_columns, params["levels"])
     if SITE not in spec.strata:
         times = np.asarray(params["times"], dtype=float)
-        return risk_sets.sums(time, event, standardized, beta, stratum, strata, times)
+        sums = risk_sets.sums(time, event, standardized, beta, stratum, strata, times)
+        return {**sums, "guard:removals": time_guard(time, stratum, times)}
     own_times = np.unique(time[event == 1])
     loglik, gradient, hessian = risk_sets.partial_likelihood(
         risk_sets.sums(time, event, standardized, beta, stratum, strata, own_times), beta, spec.ties
     )
     return {"loglik": np.array([loglik]), "gradient": gradient, "hessian": hessian}
-

@@ -15,19 +15,27 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
 from analyses.survival import counts
+from analyses.survival.follow_up import FollowUp
 
 ALL = "all"
 """Group label when the analysis has no `group`."""
 
+MANIFEST = (
+    *DISCOVERY,
+    Item("counts", "events", "(groups, times)", "events per group and time cell", Control.MINIMUM, per_time=True),
+    Item("counts", "removed", "(groups, times)", "events + censorings per group and time cell", Control.MINIMUM,
+         per_time=True),
+    Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
+)  # fmt: skip
 
-class KaplanMeierSpec(Spec, Confidence):
+
+class KaplanMeierSpec(Spec, FollowUp, Confidence):
     """Survival curves of `duration`/`event`, optionally one per level of `group`."""
 
     type: Literal["kaplan_meier"]
-    duration: str
-    event: str
     group: str | None = None
 
     def columns(self) -> list[str]:
@@ -43,13 +51,14 @@ def plan(spec: KaplanMeierSpec) -> Plan:
                 numeric=[spec.duration, spec.event],
                 grouping=grouping,
                 survival=(spec.duration, spec.event),
+                grid=spec.grid_width,
                 times="all",
+                cells=grouping,
             )
         )
     )
     total = yield Query("counts", {**schema.params(), "times": schema.times.tolist()})
     labels = [col.label(level) for level in schema.levels[spec.group]] if spec.group else [ALL]
-    n_dropped = int(total["n_dropped"][0])
     curves = {
         name: curve(schema.times, total["events"][g], total["removed"][g], spec.alpha)
         for g, name in enumerate(labels)
@@ -57,9 +66,10 @@ def plan(spec: KaplanMeierSpec) -> Plan:
     return {
         "type": "kaplan_meier",
         "n": int(total["removed"].sum()),
-        "n_dropped": n_dropped,
+        "n_dropped": int(total["n_dropped"][0]),
         "events": int(total["events"].sum()),
         "group": spec.group,
+        "time_grid": spec.time_grid,
         "groups": curves,
     }
 
@@ -95,7 +105,7 @@ def curve(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: flo
 
 def local(spec: KaplanMeierSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     rows = col.complete_cases(frame, spec.columns())
-    grouping = [spec.group] if spec.group else []
-    cell, cells = counts.cell_codes(rows, grouping, query.params["levels"])
-    out = counts.local(rows, spec.duration, spec.event, cell, cells, np.asarray(query.params["times"], dtype=float))
+    cell, cells = col.cell_codes(rows, [spec.group] if spec.group else [], query.params["levels"])
+    time, event = spec.follow_up(rows)
+    out = counts.local(time, event, cell, cells, np.asarray(query.params["times"], dtype=float))
     return {**out, "n_dropped": np.array([len(frame) - len(rows)])}

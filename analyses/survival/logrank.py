@@ -19,19 +19,34 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Spec
 from analyses.survival import counts
+from analyses.survival.follow_up import FollowUp
 
 SITE = "site"
 """Special stratum: each site is its own stratum."""
 
 
-class LogrankSpec(Spec):
+MANIFEST = (
+    *DISCOVERY,
+    Item("counts", "events", "(strata × groups, times)", "events per stratum, group and time cell", Control.MINIMUM,
+         per_time=True),
+    Item("counts", "removed", "(strata × groups, times)", "events + censorings per stratum, group and time cell",
+         Control.MINIMUM, per_time=True),
+    Item("counts", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("counts", "observed", "(groups,)", "stratified by site: (weighted) events per group at the site"),
+    Item("counts", "expected", "(groups,)", "stratified by site: expected events per group at the site"),
+    Item("counts", "variance", "(groups, groups)", "stratified by site: covariance of observed − expected"),
+    Item("counts", "guard:group_sizes", "(groups,)", "patients per group (checked, not sent)", Control.GUARD),
+)  # fmt: skip
+
+
+class LogrankSpec(Spec, FollowUp):
     """Compare survival of `group`'s levels, optionally within strata (columns and/or `"site"`)."""
 
     type: Literal["logrank"]
-    duration: str
-    event: str
     group: str
     strata: list[str] = Field(default_factory=list)
     weightings: Literal["wilcoxon", "tarone-ware", "peto", "fleming-harrington"] | None = None
@@ -62,7 +77,9 @@ def plan(spec: LogrankSpec) -> Plan:
                 numeric=[spec.duration, spec.event],
                 grouping=[spec.group, *spec.strata_columns],
                 survival=(spec.duration, spec.event),
+                grid=spec.grid_width,
                 times=None if SITE in spec.strata else "all",
+                cells=[*spec.strata_columns, spec.group],
             )
         )
     )
@@ -87,6 +104,7 @@ def plan(spec: LogrankSpec) -> Plan:
         "group": spec.group,
         "strata": spec.strata,
         "weightings": spec.weightings,
+        "time_grid": spec.time_grid,
         "statistic": statistic,
         "df": df,
         "p": float(stats.chi2.sf(statistic, df)),
@@ -135,15 +153,16 @@ def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     rows = col.complete_cases(frame, spec.columns())
     levels = query.params["levels"]
     groups = len(levels[spec.group])
-    cell, cells = counts.cell_codes(rows, [*spec.strata_columns, spec.group], levels)
+    cell, cells = col.cell_codes(rows, [*spec.strata_columns, spec.group], levels)
+    time, event = spec.follow_up(rows)
     by_site = SITE in spec.strata
     # Stratified by site, a site works on its own times and never learns the others'.
-    times = np.unique(col.durations(rows, spec.duration)) if by_site else np.asarray(query.params["times"], dtype=float)
-    table = counts.local(rows, spec.duration, spec.event, cell, cells, times)
+    times = np.unique(time) if by_site else np.asarray(query.params["times"], dtype=float)
+    table = counts.local(time, event, cell, cells, times)
     out: Contribution = {"n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}
     if not by_site:
         return {**out, **table}
     shape = (-1, groups, len(times))
     observed, expected, variance = compare(table["events"].reshape(shape), table["removed"].reshape(shape), spec)
-    return {**out, "observed": observed, "expected": expected, "variance": variance}
-
+    group_sizes = np.bincount(col.codes(rows, spec.group, levels[spec.group]), minlength=groups)
+    return {**out, "observed": observed, "expected": expected, "variance": variance, "guard:group_sizes": group_sizes}

@@ -1,0 +1,54 @@
+"""A site's policy (`[policy]` in site.toml): what its data steward allows to leave.
+
+A site.toml without a `[policy]` section gets these safe defaults.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from analyses.disclosure import Limits
+from analyses.registry import TYPES
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cell_count: int = Field(5, ge=1, description="smallest count that may leave: cells, group sizes, events")
+    min_time_cell_count: int | None = Field(
+        None, ge=1, description="smallest events/removals per time cell (default: min_cell_count)"
+    )
+    max_epsilon: float = Field(8.0, gt=0, description="differential-privacy budget of this site's data")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    allowed_analyses: list[str] = Field(default_factory=list, description="empty = all built-in analyses")
+    allowed_variables: list[str] = Field(default_factory=list, description="empty = all columns")
+    row_id: str | None = Field(None, description="column identifying a patient (default: the row's content)")
+
+    @field_validator("allowed_analyses")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in TYPES]
+        if unknown:
+            raise ValueError(f"unknown analysis type '{unknown[0]}' (known: {', '.join(TYPES)})")
+        return names
+
+    @model_validator(mode="after")
+    def _time_cells(self) -> Policy:
+        if self.min_time_cell_count is None:
+            object.__setattr__(self, "min_time_cell_count", self.min_cell_count)
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.min_cell_count, self.min_time_cell_count or self.min_cell_count, saturation=True)
+
+    def conflicts(self, analysis_type: str, variables: list[str]) -> list[str]:
+        """Why this policy does not allow an analysis of `analysis_type` on `variables` (empty if it does)."""
+        problems = []
+        if self.allowed_analyses and analysis_type not in self.allowed_analyses:
+            problems.append(f"the site's policy does not allow '{analysis_type}' analyses")
+        if self.allowed_variables:
+            denied = [name for name in variables if name not in self.allowed_variables]
+            if denied:
+                problems.append(f"the site's policy does not allow the variable(s) {', '.join(denied)}")
+        return problems

@@ -1,0 +1,80 @@
+"""What a data steward reads: the approval preview, approvals, audit verification and usage."""
+
+from __future__ import annotations
+
+from analyses import registry
+from analyses.disclosure import Control, Item
+from hospital_node import approvals, usage
+from hospital_node.audit import AuditLog
+from hospital_node.site import Site
+from workbench.protocol import Protocol
+
+
+def preview(site: Site, protocol: Protocol) -> str:
+    """What the protocol computes and exactly what would leave this site, per analysis and round."""
+    policy = site.policy
+    cohort = protocol.model.cohort
+    filters = "; ".join(f"{f.column} {f.op}" + (f" {f.value}" if f.value is not None else "") for f in cohort.filters)
+    lines = [
+        f"Study '{protocol.model.study.id}': {protocol.model.study.title}",
+        f"Protocol SHA-256: {protocol.sha256}",
+        f"Cohort: table '{cohort.table}'" + (f", rows where {filters}" if filters else ", all rows"),
+        f"Site policy: minimum count {policy.min_cell_count}, per time cell {policy.min_time_cell_count}; "
+        f"analyses: {', '.join(policy.allowed_analyses) or 'all'}; variables: {', '.join(policy.allowed_variables) or 'all'}",
+    ]
+    for spec in protocol.model.analysis:
+        lines.append("")
+        lines.append(f"Analysis '{spec.id}' ({spec.type}) reads: {', '.join(protocol.variables(spec))}")  # type: ignore[attr-defined]
+        for item in registry.manifest(spec):
+            lines.append(f"  {item.phase:<9} {item.key:<18} {item.shape:<28} {item.meaning}")
+            lines.append(f"  {'':<9} {'':<18} {_rule(item, site):<28}")
+    lines += ["", "Nothing else leaves the site: no rows, no identifiers, no images."]
+    return "\n".join(lines)
+
+
+def conflicts(site: Site, protocol: Protocol) -> list[str]:
+    """Why the site's policy would refuse parts of this protocol."""
+    return [
+        f"analysis '{spec.id}': {problem}"
+        for spec in protocol.model.analysis
+        for problem in site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
+    ]
+
+
+def _rule(item: Item, site: Site) -> str:
+    k = site.policy.min_time_cell_count if item.per_time else site.policy.min_cell_count
+    return {
+        Control.NONE: "→ sent",
+        Control.RANGE: f"→ sent; a count of 1–{k - 1} is sent as the range 1–{k - 1}",
+        Control.MINIMUM: f"→ sent if each count is 0 or ≥ {k}, else refused",
+        Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
+        Control.SATURATION: "checked (parameters ≤ rows / 3), never sent",
+    }[item.control]
+
+
+def approvals_text(site: Site) -> str:
+    found = approvals.current(AuditLog(site.state))
+    if not found:
+        return f"{site.id}: no approved protocols"
+    rows = [f"{a.sha256}  {a.study:<24} approved {a.time} by {a.by}" for a in found.values()]
+    return "\n".join([f"{site.id}: {len(found)} approved protocol(s)", *rows])
+
+
+def verify_text(site: Site) -> tuple[bool, str]:
+    result = AuditLog(site.state).verify()
+    if not result.ok:
+        return False, f"{site.id}: audit log BROKEN: {result.problem} ({result.entries} intact entries before it)"
+    note = "; an unfinished last line from an interrupted write will be discarded" if result.incomplete_tail else ""
+    return True, f"{site.id}: audit log intact: {result.entries} entries, head {result.head}{note}"
+
+
+def usage_text(site: Site) -> str:
+    studies = usage.by_study(AuditLog(site.state).entries())
+    if not studies:
+        return f"{site.id}: no study has queried this site"
+    header = f"{'study':<24} {'protocol':<14} {'queries':>7} {'releases':>8} {'refusals':>8} {'rows':>6}  last use"
+    rows = [
+        f"{u.study:<24} {u.protocol_sha256[:12]:<14} {u.queries:>7} {u.releases:>8} {u.refusals:>8} {u.rows:>6}  {u.last}"
+        for u in studies.values()
+    ]
+    return "\n".join([f"{site.id}: usage from the audit log", header, *rows])
