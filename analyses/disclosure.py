@@ -127,3 +127,12 @@ DISCOVERY = (
          Control.GUARD, per_time=True),
 )  # fmt: skip
 """Items of the discovery round, part of every analysis' manifest."""
+
+MODEL_MOMENTS = (
+    Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
+    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("moments", "guard:categories", "(k,)", "rows per covariate category and per binary outcome value "
+         "(checked, not sent)", Control.GUARD),
+    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
+)  # fmt: skip
+"""The first-round items every regression (GLM, Cox) shares: rows used and DataSHIELD's guards."""

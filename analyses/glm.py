@@ -19,19 +19,15 @@ from scipy import special, stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, DataError, Plan, Query
-from analyses.disclosure import DISCOVERY, Control, Item
+from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
 
 MANIFEST = (
     *DISCOVERY,
-    Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
-    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    *MODEL_MOMENTS,
     Item("moments", "sum_y", "(1,)", "sum of the outcome (for the null model)"),
     Item("moments", "sum_exposure", "(1,)", "sum of the exposure (Poisson)"),
-    Item("moments", "guard:categories", "(k,)", "rows per covariate category and per binary outcome value "
-         "(checked, not sent)", Control.GUARD),
-    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
     Item("newton", "n", "(1,)", "rows used", Control.MINIMUM),
     Item("newton", "information", "(p, p)", "XᵀWX at the broadcast coefficients"),
     Item("newton", "score", "(p,)", "Xᵀ(y − μ) at the broadcast coefficients"),

@@ -20,7 +20,7 @@ from scipy import stats
 from analyses import columns as col
 from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, Plan, Query
-from analyses.disclosure import DISCOVERY, Control, Item, time_guard
+from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item, time_guard
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
 from analyses.survival import risk_sets
@@ -31,13 +31,10 @@ SITE = "site"
 
 MANIFEST = (
     *DISCOVERY,
-    Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
-    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
+    *MODEL_MOMENTS,
     Item("moments", "events", "(1,)", "number of events", Control.MINIMUM),
     Item("moments", "sum_x", "(p,)", "sum of each covariate (for standardization)"),
     Item("moments", "sum_x2", "(p,)", "sum of squares of each covariate (for standardization)"),
-    Item("moments", "guard:categories", "(k,)", "rows per covariate category (checked, not sent)", Control.GUARD),
-    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
     Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
     Item("newton", "S1", "(strata, event times, p)", "risk-set sum of exp(xβ)·x per event time"),
     Item("newton", "S2", "(strata, event times, p, p)", "risk-set sum of exp(xβ)·xxᵀ per event time"),
