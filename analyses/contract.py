@@ -62,7 +62,14 @@ class Refusal(AnalysisError):
 
     def __init__(self, sites: Mapping[str, str]) -> None:
         self.sites = dict(sorted(sites.items()))
-        super().__init__("refused by " + "; ".join(f"{site} ({reason})" for site, reason in self.sites.items()))
+        by_reason: dict[str, list[str]] = {}
+        for site, reason in self.sites.items():
+            by_reason.setdefault(reason, []).append(site)
+        parts = []
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more sites" if len(names) > 3 else "")
+            parts.append(f"{shown} ({reason})")
+        super().__init__("refused by " + "; ".join(parts))
 
 
 def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduce) -> Contribution:
