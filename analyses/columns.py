@@ -42,8 +42,7 @@ def kind(frame: pd.DataFrame, name: str) -> str:
     if as_number.notna().any() and as_number.isna().any():
         line = as_number.index[as_number.isna()][0]
         raise DataError(
-            f"column '{name}' mixes numbers and text ('{present[line]}' at line {line}); "
-            "correct or blank that value"
+            f"column '{name}' mixes numbers and text ('{present[line]}' at line {line}); correct or blank that value"
         )
     return CATEGORICAL
 
@@ -107,7 +106,9 @@ def label(level: Level) -> str:
     return str(level)
 
 
-def design_names(covariates: Sequence[str], kinds: Mapping[str, str], levels: Mapping[str, Sequence[Level]]) -> list[str]:
+def design_names(
+    covariates: Sequence[str], kinds: Mapping[str, str], levels: Mapping[str, Sequence[Level]]
+) -> list[str]:
     """Column names of the design matrix; categorical covariates give `name[T.level]` dummies."""
     names: list[str] = []
     for name in covariates:
@@ -134,7 +135,9 @@ def design_matrix(
     return np.hstack(blocks) if blocks else np.zeros((len(frame), 0))
 
 
-def cell_codes(frame: pd.DataFrame, names: Sequence[str], levels: Mapping[str, Sequence[Level]]) -> tuple[np.ndarray, int]:
+def cell_codes(
+    frame: pd.DataFrame, names: Sequence[str], levels: Mapping[str, Sequence[Level]]
+) -> tuple[np.ndarray, int]:
     """One index per row for the combination of `names`' levels, and the number of combinations."""
     code = np.zeros(len(frame), dtype=np.int64)
     cells = 1

@@ -18,7 +18,6 @@ from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Spec
 
-
 MANIFEST = (
     *DISCOVERY,
     Item("counts", "table", "(row levels, column levels)", "patients per cell", Control.RANGE),

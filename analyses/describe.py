@@ -18,7 +18,6 @@ from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Spec
 
-
 MANIFEST = (
     *DISCOVERY,
     Item("moments", "rows", "(1,)", "rows in the cohort", Control.MINIMUM),

@@ -108,4 +108,3 @@ def read(total: Contribution) -> Schema:
         elif prefix == "levels":
             levels[name] = [str(v) if values.dtype.kind in "US" else float(v) for v in values]
     return Schema(kinds=kinds, levels=levels, times=np.asarray(total.get("times", np.zeros(0)), dtype=float))
-

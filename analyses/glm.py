@@ -82,7 +82,9 @@ def _null_intercept(family: str, moments: Contribution) -> float:
         return total / n
     if family == "logistic":
         if not 0 < total < n:
-            raise AnalysisError("the outcome takes a single value in every complete row; logistic regression needs both 0 and 1")
+            raise AnalysisError(
+                "the outcome takes a single value in every complete row; logistic regression needs both 0 and 1"
+            )
         return float(np.log(total / (n - total)))
     if total <= 0:
         raise AnalysisError("the outcome is zero in every complete row; Poisson regression needs some counts")

@@ -18,7 +18,6 @@ from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
 
-
 MANIFEST = (
     *DISCOVERY,
     Item("moments", "n", "(2,)", "values per compared group", Control.MINIMUM),

@@ -72,35 +72,75 @@ def lung() -> None:
         cox_ridge={"type": "cox", **surv, "covariates": cov, "penalizer": 0.1},
     )
     d = "lung/18 inst"
-    ours = [v for name in ("age", "wt.loss", "meal.cal") for v in (r["describe"]["variables"][name]["mean"], r["describe"]["variables"][name]["sd"])]
+    ours = [
+        v
+        for name in ("age", "wt.loss", "meal.cal")
+        for v in (r["describe"]["variables"][name]["mean"], r["describe"]["variables"][name]["sd"])
+    ]
     theirs = [v for name in ("age", "wt.loss", "meal.cal") for v in (data[name].mean(), data[name].std())]
     record(d, "describe mean, sd", "pandas", ours, theirs)
     table = pd.crosstab(data.sex, data["ph.ecog"]).to_numpy()
     chi2 = stats.chi2_contingency(table)
-    record(d, "crosstab chi2, p", "scipy", [r["crosstab"]["chi2"]["statistic"], r["crosstab"]["chi2"]["p"]], [chi2.statistic, chi2.pvalue])
+    record(
+        d,
+        "crosstab chi2, p",
+        "scipy",
+        [r["crosstab"]["chi2"]["statistic"], r["crosstab"]["chi2"]["p"]],
+        [chi2.statistic, chi2.pvalue],
+    )
     a, b = data.age[data.sex == 1], data.age[data.sex == 2]
     for name, equal in (("pooled", True), ("welch", False)):
         t = stats.ttest_ind(a, b, equal_var=equal)
-        record(d, f"t-test {name} t, p", "scipy", [r["ttest"][name]["statistic"], r["ttest"][name]["p"]], [t.statistic, t.pvalue])
+        record(
+            d,
+            f"t-test {name} t, p",
+            "scipy",
+            [r["ttest"][name]["statistic"], r["ttest"][name]["p"]],
+            [t.statistic, t.pvalue],
+        )
     names = ["Intercept", *cov]
     formula = " ~ age + sex + Q('ph.ecog')"
     rows = data[["wt.loss", *cov]].dropna()
     ols = smf.ols("Q('wt.loss')" + formula, rows).fit()
-    record(d, "linear coef, se", "statsmodels OLS", params(r["linear"], names, "coef") + params(r["linear"], names, "se"), [*ols.params, *ols.bse])
+    record(
+        d,
+        "linear coef, se",
+        "statsmodels OLS",
+        params(r["linear"], names, "coef") + params(r["linear"], names, "se"),
+        [*ols.params, *ols.bse],
+    )
     rows = data[["status", *cov]].dropna()
     glm = smf.glm("status" + formula, rows, family=sm.families.Binomial()).fit(tol=1e-14)
-    record(d, "logistic coef, se", "statsmodels GLM", params(r["logistic"], names, "coef") + params(r["logistic"], names, "se"), [*glm.params, *glm.bse])
+    record(
+        d,
+        "logistic coef, se",
+        "statsmodels GLM",
+        params(r["logistic"], names, "coef") + params(r["logistic"], names, "se"),
+        [*glm.params, *glm.bse],
+    )
     pois = smf.glm("status ~ age + sex", data, family=sm.families.Poisson(), exposure=data.time).fit(tol=1e-14)
     names3 = ["Intercept", "age", "sex"]
-    record(d, "poisson coef, se", "statsmodels GLM", params(r["poisson"], names3, "coef") + params(r["poisson"], names3, "se"), [*pois.params, *pois.bse])
+    record(
+        d,
+        "poisson coef, se",
+        "statsmodels GLM",
+        params(r["poisson"], names3, "coef") + params(r["poisson"], names3, "se"),
+        [*pois.params, *pois.bse],
+    )
     ours, theirs = [], []
     for level in (1, 2):
         km = KaplanMeierFitter().fit(data.time[data.sex == level], data.status[data.sex == level])
         curve = r["km"]["groups"][str(level)]
         ours += curve["survival"] + curve["ci_lower"] + curve["ci_upper"]
-        theirs += [*km.survival_function_.iloc[:, 0], *km.confidence_interval_.iloc[:, 0], *km.confidence_interval_.iloc[:, 1]]
+        theirs += [
+            *km.survival_function_.iloc[:, 0],
+            *km.confidence_interval_.iloc[:, 0],
+            *km.confidence_interval_.iloc[:, 1],
+        ]
     record(d, "Kaplan-Meier S, CI", "lifelines", ours, theirs)
-    lr = logrank_test(data.time[data.sex == 1], data.time[data.sex == 2], data.status[data.sex == 1], data.status[data.sex == 2])
+    lr = logrank_test(
+        data.time[data.sex == 1], data.time[data.sex == 2], data.status[data.sex == 1], data.status[data.sex == 2]
+    )
     record(d, "log-rank chi2", "lifelines", [r["logrank"]["statistic"]], [lr.test_statistic])
     rows = data.dropna(subset=["ph.ecog"])
     lr4 = multivariate_logrank_test(rows.time, rows["ph.ecog"], rows.status)
@@ -108,14 +148,36 @@ def lung() -> None:
     chi, _ = survdiff(data.time, data.status, data.sex, strata=data.site)
     record(d, "log-rank by site chi2", "statsmodels survdiff", [r["logrank_site"]["statistic"]], [chi])
     rows = data[["time", "status", *cov, "site"]].dropna()
-    for key, ties, strata in (("cox", "efron", None), ("cox_breslow", "breslow", None), ("cox_site", "efron", rows.site)):
+    for key, ties, strata in (
+        ("cox", "efron", None),
+        ("cox_breslow", "breslow", None),
+        ("cox_site", "efron", rows.site),
+    ):
         ref = PHReg(rows.time, rows[cov], status=rows.status, ties=ties, strata=strata).fit(tol=1e-12)
         label = f"Cox {ties}" + (" by site" if strata is not None else "")
-        record(d, f"{label} coef, se", "statsmodels PHReg", params(r[key], cov, "coef") + params(r[key], cov, "se"), [*ref.params, *ref.bse])
+        record(
+            d,
+            f"{label} coef, se",
+            "statsmodels PHReg",
+            params(r[key], cov, "coef") + params(r[key], cov, "se"),
+            [*ref.params, *ref.bse],
+        )
     ref = CoxPHFitter().fit(rows[["time", "status", *cov]], "time", "status", fit_options=TIGHT)
-    record(d, "Cox efron coef, se", "lifelines (tight)", params(r["cox"], cov, "coef") + params(r["cox"], cov, "se"), [*ref.params_, *ref.standard_errors_])
+    record(
+        d,
+        "Cox efron coef, se",
+        "lifelines (tight)",
+        params(r["cox"], cov, "coef") + params(r["cox"], cov, "se"),
+        [*ref.params_, *ref.standard_errors_],
+    )
     ref = CoxPHFitter(penalizer=0.1).fit(rows[["time", "status", *cov]], "time", "status", fit_options=TIGHT)
-    record(d, "Cox L2 0.1 coef, se", "lifelines (tight)", params(r["cox_ridge"], cov, "coef") + params(r["cox_ridge"], cov, "se"), [*ref.params_, *ref.standard_errors_])
+    record(
+        d,
+        "Cox L2 0.1 coef, se",
+        "lifelines (tight)",
+        params(r["cox_ridge"], cov, "coef") + params(r["cox_ridge"], cov, "se"),
+        [*ref.params_, *ref.standard_errors_],
+    )
 
 
 def brca(folder: Path) -> list[tuple[str, float]]:
@@ -151,7 +213,9 @@ def brca(folder: Path) -> list[tuple[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--brca", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flamby_tcga_brca")
+    parser.add_argument(
+        "--brca", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/flamby_tcga_brca"
+    )
     args = parser.parse_args()
     lung()
     scores = brca(args.brca) if (args.brca / "brca.csv").is_file() else []

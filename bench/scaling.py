@@ -130,11 +130,15 @@ def main() -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[5, 20, 67, 200])
     args = parser.parse_args()
     rows = actg175()
-    print(f"# scaling benchmark - {len(rows)} ACTG 175 patients, KM + log-rank (4 arms) + Cox ({len(COVARIATES)} covariates)")
+    print(
+        f"# scaling benchmark - {len(rows)} ACTG 175 patients, KM + log-rank (4 arms) + Cox ({len(COVARIATES)} covariates)"
+    )
     print(f"# Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Flower simulation (Ray backend, 1 CPU per node); "
           "nodes enforce policy (min_cell_count 1), differencing guard and fsynced audit log")  # fmt: skip
-    print(f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'study s':>8} {'peak MiB':>9} {'no-Flower s':>11}")
+    print(
+        f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'study s':>8} {'peak MiB':>9} {'no-Flower s':>11}"
+    )
     for sites in args.sites:
         with tempfile.TemporaryDirectory() as folder:
             f = flower(rows, sites, Path(folder))

@@ -11,7 +11,6 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from hospital_node.audit import AuditLog
 from hospital_node.site import Site

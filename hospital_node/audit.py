@@ -121,7 +121,9 @@ class AuditLog:
             if not isinstance(entry, dict) or entry.get("seq") != number:
                 return Verification(False, count, head, f"{where} is out of sequence (entries deleted or reordered?)")
             if entry.get("prev") != head:
-                return Verification(False, count, head, f"{where} does not link to the previous entry (deleted or reordered?)")
+                return Verification(
+                    False, count, head, f"{where} does not link to the previous entry (deleted or reordered?)"
+                )
             if entry.get("hash") != entry_hash(entry):
                 return Verification(False, count, head, f"{where} does not match its hash (edited?)")
             head, count = entry["hash"], number

@@ -13,7 +13,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from hospital_node.handler import answer
-from workbench.messages import Reply, Request
+from workbench.messages import Request
 
 
 def make_client_app(site_folders: Sequence[str] = ()) -> ClientApp:

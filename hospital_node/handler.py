@@ -30,6 +30,7 @@ from workbench.protocol import Protocol, ProtocolError
 
 log = logging.getLogger(__name__)
 
+
 class SiteRefusal(Exception):
     """The site answers nothing for this request; the message says why and what to do."""
 
@@ -41,26 +42,36 @@ def answer(folder: str | Path, request: Request, requester: str) -> Reply:
         site = open_site(folder)
         site_id, audit = site.id, AuditLog(site.state)
         _check_chain(audit)
-        audit.append("request", protocol_sha256=request.protocol_sha256, study=_study_id(request.protocol_text),
-             round=request.round, requested_by=requester, queries={k: q.phase for k, q in request.queries.items()})  # fmt: skip
+        audit.append(
+            "request",
+            protocol_sha256=request.protocol_sha256,
+            study=_study_id(request.protocol_text),
+            round=request.round,
+            requested_by=requester,
+            queries={analysis_id: query.phase for analysis_id, query in request.queries.items()},
+        )
         protocol = _approved(site, audit, request)
-        table = load_table(site, protocol.model.cohort.table)
+        table_name = protocol.model.cohort.table
+        table = load_table(site, table_name)
         cohort = select(table, protocol.model.cohort.filters)
         keys = row_keys(table, site.policy.row_id)
+        ledger = Ledger(site.state)
         contributions, refusals = {}, {}
         for analysis_id, query in request.queries.items():
             context = {"protocol_sha256": protocol.sha256, "study": protocol.model.study.id, "round": request.round,
                        "analysis": analysis_id, "phase": query.phase}  # fmt: skip
             try:
-                sent = _contribution(site, protocol, cohort, keys, analysis_id, query, context)
+                contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query)
             except Refused as refusal:
                 refusals[analysis_id] = str(refusal)
                 audit.append("refusal", **context, reason=str(refusal))
-                continue
             except DataError as error:
-                raise DataError(f"{site.table_path(protocol.model.cohort.table).name}: analysis '{analysis_id}': {error}") from None
-            audit.append("release", **context, rows=len(cohort), items=_items(sent), digest=_digest(sent))
-            contributions[analysis_id] = sent
+                name = site.table_path(table_name).name
+                raise DataError(f"{name}: analysis '{analysis_id}': {error}") from None
+        for analysis_id, sent in contributions.items():  # logged (fsynced) before anything leaves
+            audit.append("release", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
+                         round=request.round, analysis=analysis_id, phase=request.queries[analysis_id].phase,
+                         rows=len(cohort), items=_items(sent), digest=_digest(sent))  # fmt: skip
         entries = audit.entries()
         metered = usage.by_study(entries).get(protocol.sha256, usage.Usage())
         return Reply(site.id, len(cohort), contributions, refusals, metered.to_json(), entries[-1]["hash"])
@@ -74,10 +85,10 @@ def answer(folder: str | Path, request: Request, requester: str) -> Reply:
 
 
 def _contribution(
-    site: Site, protocol: Protocol, cohort: pd.DataFrame, keys: pd.Series, analysis_id: str, query: Query,
-    context: dict[str, Any],
+    site: Site, protocol: Protocol, cohort: pd.DataFrame, keys: pd.Series, ledger: Ledger, analysis_id: str,
+    query: Query,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """One analysis' releasable contribution, or Refused."""
+    """One analysis' releasable contribution (its row sets then recorded in the ledger), or Refused."""
     spec = protocol.analyses.get(analysis_id)
     if spec is None:
         raise Refused(f"analysis '{analysis_id}' is not in the approved protocol")
@@ -87,13 +98,12 @@ def _contribution(
     problems = site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
     if problems:
         raise Refused("; ".join(problems))
-    ledger = Ledger(site.state)
     row_sets = [keys[rows].to_numpy() for rows in spec.row_sets(cohort)]
     for rows in row_sets:
         ledger.check(rows, site.policy.min_cell_count)
     sent = release(registry.local(spec, cohort, query), manifest, query.phase, site.policy.limits)
     for rows in row_sets:
-        ledger.record(rows, context)
+        ledger.record(rows, {"study": protocol.model.study.id, "analysis": analysis_id})
     return sent
 
 

@@ -27,7 +27,9 @@ def test_site_order_gives_identical_bits():
 
 def test_union_refuses_numbers_at_one_site_and_text_at_another():
     with pytest.raises(AnalysisError, match="'sex' holds numbers at some sites and text at others"):
-        reduce_contributions([("a", {"levels:sex": np.array([1.0, 2.0])}), ("b", {"levels:sex": np.array(["m"])})], "union")
+        reduce_contributions(
+            [("a", {"levels:sex": np.array([1.0, 2.0])}), ("b", {"levels:sex": np.array(["m"])})], "union"
+        )
 
 
 def test_failed_analysis_does_not_stop_the_others(lung):
@@ -36,9 +38,7 @@ def test_failed_analysis_does_not_stop_the_others(lung):
         three_levels={"type": "ttest", "variable": "age", "group": "ph.ecog"},
         fine={"type": "ttest", "variable": "age", "group": "sex"},
     )
-    assert results["three_levels"] == {
-        "error": "'ph.ecog' has 4 levels (0, 1, 2, 3); name two with groups = [..]"
-    }
+    assert results["three_levels"] == {"error": "'ph.ecog' has 4 levels (0, 1, 2, 3); name two with groups = [..]"}
     assert "error" not in results["fine"]
 
 

@@ -76,7 +76,9 @@ def test_a_broken_chain_makes_the_node_refuse_everything(site):
     lines = _lines(site)
     assert '"by":"test steward"' in lines[0]
     _write(site, [lines[0].replace("test steward", "someone else"), *lines[1:]])
-    with pytest.raises(StudyError, match=r"the site's audit log is broken \(entry 1 \(line 1\) does not match its hash"):
+    with pytest.raises(
+        StudyError, match=r"the site's audit log is broken \(entry 1 \(line 1\) does not match its hash"
+    ):
         study([site], protocol_text(DESCRIBE), approve=False)
 
 
@@ -137,4 +139,7 @@ def test_steward_commands_approve_revoke_list_and_meter(tmp_path):
     make_site(restricted, lung_hospitals()["hospital-3"][1], policy='allowed_analyses = ["cox"]')
     blocked = workbench("node", "approve", protocol, "--site", restricted, "--yes")
     assert blocked.returncode == 2
-    assert "restricted cannot approve this protocol: analysis 'ages': the site's policy does not allow 'describe'" in blocked.stderr
+    assert (
+        "restricted cannot approve this protocol: analysis 'ages': the site's policy does not allow 'describe'"
+        in blocked.stderr
+    )

@@ -28,7 +28,9 @@ def test_describe_numeric_and_text(gbsg, lung):
         assert got["sd"] == pytest.approx(lung_data[name].std(), abs=1e-10)
 
 
-@pytest.mark.parametrize("row, column, correction", [("sex", "ph.ecog", True), ("sex", "status", True), ("sex", "status", False)])
+@pytest.mark.parametrize(
+    "row, column, correction", [("sex", "ph.ecog", True), ("sex", "status", True), ("sex", "status", False)]
+)
 def test_crosstab_equals_scipy(lung, row, column, correction):
     result = federate(lung, x={"type": "crosstab", "row": row, "column": column, "correction": correction})["x"]
     data = pooled(lung).dropna(subset=[row, column])

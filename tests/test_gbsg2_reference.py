@@ -61,7 +61,10 @@ def test_crosstab_of_text_columns(results, data):
 
 @pytest.mark.parametrize(
     "key, formula, family",
-    [("ols", "tsize ~ age + tgrade + menostat", None), ("pois", "pnodes ~ age + horTh + tgrade", sm.families.Poisson())],
+    [
+        ("ols", "tsize ~ age + tgrade + menostat", None),
+        ("pois", "pnodes ~ age + horTh + tgrade", sm.families.Poisson()),
+    ],
 )
 def test_glms_with_text_covariates(results, data, key, formula, family):
     if family is None:

@@ -37,7 +37,9 @@ def test_logistic_equals_statsmodels_glm(lung):
 
 
 def test_linear_equals_statsmodels_ols(lung):
-    result = federate(lung, ols={"type": "linear", "outcome": "wt.loss", "covariates": ["age", "sex", "ph.ecog"]})["ols"]
+    result = federate(lung, ols={"type": "linear", "outcome": "wt.loss", "covariates": ["age", "sex", "ph.ecog"]})[
+        "ols"
+    ]
     data = pooled(lung)[["wt.loss", "age", "sex", "ph.ecog"]].dropna()
     ref = smf.ols("Q('wt.loss') ~ age + sex + Q('ph.ecog')", data).fit()
     _check(result, ref, ["Intercept", "age", "sex", "ph.ecog"])

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines import KaplanMeierFitter
-from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
 
 from analyses.contract import Query
@@ -49,7 +48,9 @@ def test_policy_defaults_and_policy_errors(tmp_path):
 
 def test_only_an_approved_protocol_is_answered_and_a_revocation_stops_it(hospitals):
     text = protocol_text(DESCRIBE_AGE)
-    with pytest.raises(StudyError, match=r"site hospital-1, .*hospital-5: protocol \w{12} \(study 'test'\) is not approved"):
+    with pytest.raises(
+        StudyError, match=r"site hospital-1, .*hospital-5: protocol \w{12} \(study 'test'\) is not approved"
+    ):
         study(hospitals, text, approve=False)
     results, _ = study(hospitals, text)
     assert results["ages"]["variables"]["age"]["n"] == 227
@@ -182,7 +183,9 @@ def test_cohort_filters_select_exactly_and_bad_filters_are_named(hospitals):
     data = pd.concat(rows for _, rows in lung_hospitals().values())
     chosen = data[data["ph.ecog"].isin([0, 1]) & data["wt.loss"].notna()]
     assert results["ages"]["variables"]["age"]["mean"] == pytest.approx(chosen.age.mean(), abs=1e-12)
-    with pytest.raises(StudyError, match=r"cohort filter #1: column 'agee' is not in the cohort table \(did you mean 'age'\?\)"):
+    with pytest.raises(
+        StudyError, match=r"cohort filter #1: column 'agee' is not in the cohort table \(did you mean 'age'\?\)"
+    ):
         study(hospitals, protocol_text(DESCRIBE_AGE, filters='[{column = "agee", op = ">", value = 1}]'))
     with pytest.raises(StudyError, match="column 'age' is numeric but the filter compares it with 'old'"):
         study(hospitals, protocol_text(DESCRIBE_AGE, filters='[{column = "age", op = "==", value = "old"}]'))
@@ -197,7 +200,10 @@ def test_usage_is_metered_from_the_audit_log_and_reported_with_the_results(hospi
         assert reply.audit_head == AuditLog(open_site(hospitals[int(site[-1]) - 1]).state).entries()[-1]["hash"]
     entries = AuditLog(open_site(hospitals[0]).state).entries()
     request = next(e for e in entries if e["event"] == "request")
-    assert request["requested_by"] == "test coordinator" and request["queries"] == {"ages": "discover", "km": "discover"}
+    assert request["requested_by"] == "test coordinator" and request["queries"] == {
+        "ages": "discover",
+        "km": "discover",
+    }
     release = next(e for e in entries if e["event"] == "release")
     assert release["items"] == [{"name": "kind:age", "shape": [1], "dtype": "<U7"}]
     assert len(release["digest"]) == 64 and release["analysis"] == "ages" and release["round"] == 1

@@ -55,7 +55,15 @@ def test_demo_writes_the_results_contract(demo):
     for key in ("coef", "exp_coef", "se", "z", "p", "ci_lower", "ci_upper"):
         assert key in analyses["cox"]["params"]["age"]
     assert set(analyses["logit"]["params"]) == {"Intercept", "age", "sex"}
-    assert set(analyses["km_sex"]["groups"]["1"]) >= {"time", "survival", "ci_lower", "ci_upper", "at_risk", "events", "median"}
+    assert set(analyses["km_sex"]["groups"]["1"]) >= {
+        "time",
+        "survival",
+        "ci_lower",
+        "ci_upper",
+        "at_risk",
+        "events",
+        "median",
+    }
     assert {"statistic", "df", "p"} <= set(analyses["logrank_sex"])
     assert set(analyses["baseline"]["variables"]["age"]) >= {"n", "missing", "mean", "sd"}
     assert results["rounds"] <= 8  # independent analyses share rounds: longest Newton loop + 2
@@ -81,7 +89,9 @@ def test_flower_results_equal_pooled_references_on_the_same_grid(demo):
     np.testing.assert_allclose(got, ref.params, rtol=0, atol=1e-10)
     women = weekly[weekly.sex == 2]
     km = KaplanMeierFitter().fit(women.time, women.status)
-    np.testing.assert_allclose(analyses["km_sex"]["groups"]["2"]["survival"], km.survival_function_.iloc[:, 0], atol=1e-12)
+    np.testing.assert_allclose(
+        analyses["km_sex"]["groups"]["2"]["survival"], km.survival_function_.iloc[:, 0], atol=1e-12
+    )
     men = weekly[weekly.sex == 1]
     lr = logrank_test(men.time, women.time, men.status, women.status)
     assert analyses["logrank_sex"]["statistic"] == pytest.approx(lr.test_statistic, abs=1e-10)

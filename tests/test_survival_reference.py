@@ -109,7 +109,8 @@ def test_cox_equals_statsmodels_phreg(lung, ties):
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"penalizer": 0.1}, {"strata": ["site"]}, {"strata": ["ph.karno"]}, {"strata": ["site"], "penalizer": 0.05}]
+    "options",
+    [{}, {"penalizer": 0.1}, {"strata": ["site"]}, {"strata": ["ph.karno"]}, {"strata": ["site"], "penalizer": 0.05}],
 )
 def test_cox_equals_lifelines(lung, options):
     result = federate(lung, cox={**COX_LUNG, **options})["cox"]
@@ -146,7 +147,9 @@ def test_stratified_cox_equals_statsmodels(lung, strata):
     result = federate(lung, cox={**COX_LUNG, "strata": strata})["cox"]
     data = _lung_cox_data(lung, extra=[s for s in strata if s != "site"])
     stratum = data[strata].astype(str).agg("/".join, axis=1)
-    ref = PHReg(data.time, data[["age", "sex", "ph.ecog"]], status=data.event, strata=stratum, ties="efron").fit(tol=1e-12)
+    ref = PHReg(data.time, data[["age", "sex", "ph.ecog"]], status=data.event, strata=stratum, ties="efron").fit(
+        tol=1e-12
+    )
     np.testing.assert_allclose([result["params"][k]["coef"] for k in ("age", "sex", "ph.ecog")], ref.params, atol=1e-10)
     np.testing.assert_allclose([result["params"][k]["se"] for k in ("age", "sex", "ph.ecog")], ref.bse, atol=1e-10)
     assert result["log_likelihood"] == pytest.approx(ref.llf, abs=1e-9)

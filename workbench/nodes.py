@@ -24,7 +24,10 @@ def approve(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError("approval needs a person: answer the prompt in a terminal, or pass --yes")
-        if input(f"\nApprove protocol {study.sha256[:12]} for site {site.id}? [y/N] ").strip().lower() not in ("y", "yes"):
+        if input(f"\nApprove protocol {study.sha256[:12]} for site {site.id}? [y/N] ").strip().lower() not in (
+            "y",
+            "yes",
+        ):
             print("not approved")
             return 1
     approval_store.approve(site, study, by=args.by)

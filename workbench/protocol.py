@@ -187,4 +187,6 @@ def _problems(error: ValidationError, data: dict[str, Any]) -> list[str]:
     """Readable problems, without 'missing x' where an unknown field already suggests 'x'."""
     problems = [_describe(e, data) for e in error.errors()]
     suggested = {(p.split(":")[0], p.split("did you mean ")[1].split("'")[1]) for p in problems if "did you mean" in p}
-    return [p for p in problems if not any(p == f"{where}: missing required field '{name}'" for where, name in suggested)]
+    return [
+        p for p in problems if not any(p == f"{where}: missing required field '{name}'" for where, name in suggested)
+    ]

@@ -22,7 +22,9 @@ def render(results: dict[str, Any]) -> str:
         if "error" in result:
             parts.append(f"== {analysis_id}: FAILED: {result['error']}")
             continue
-        parts.append(f"== {analysis_id} ({result['type']}, n = {result['n']}, dropped for missing values = {result['n_dropped']})")
+        parts.append(
+            f"== {analysis_id} ({result['type']}, n = {result['n']}, dropped for missing values = {result['n_dropped']})"
+        )
         parts.append(_RENDERERS[result["type"]](result))
     return "\n".join(parts)
 

@@ -60,8 +60,7 @@ def plan(spec: KaplanMeierSpec) -> Plan:
     total = yield Query("counts", {**schema.params(), "times": schema.times.tolist()})
     labels = [col.label(level) for level in schema.levels[spec.group]] if spec.group else [ALL]
     curves = {
-        name: curve(schema.times, total["events"][g], total["removed"][g], spec.alpha)
-        for g, name in enumerate(labels)
+        name: curve(schema.times, total["events"][g], total["removed"][g], spec.alpha) for g, name in enumerate(labels)
     }
     return {
         "type": "kaplan_meier",

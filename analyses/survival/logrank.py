@@ -91,9 +91,7 @@ def plan(spec: LogrankSpec) -> Plan:
         observed, expected, variance = total["observed"], total["expected"], total["variance"]
     else:
         shape = (-1, len(groups), len(schema.times))
-        observed, expected, variance = compare(
-            total["events"].reshape(shape), total["removed"].reshape(shape), spec
-        )
+        observed, expected, variance = compare(total["events"].reshape(shape), total["removed"].reshape(shape), spec)
     z = (observed - expected)[:-1]
     statistic = float(z @ np.linalg.pinv(variance[:-1, :-1]) @ z)
     df = len(groups) - 1

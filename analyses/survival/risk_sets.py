@@ -16,7 +16,13 @@ KEYS = ("S0", "S1", "S2", "D0", "D1", "D2", "d", "z")
 
 
 def sums(
-    time: np.ndarray, event: np.ndarray, x: np.ndarray, beta: np.ndarray, stratum: np.ndarray, strata: int, times: np.ndarray
+    time: np.ndarray,
+    event: np.ndarray,
+    x: np.ndarray,
+    beta: np.ndarray,
+    stratum: np.ndarray,
+    strata: int,
+    times: np.ndarray,
 ) -> Contribution:
     """Risk-set and tied-death sums, shaped (strata, event times, ...), for the agreed event `times`."""
     m, p = len(times), x.shape[1]
