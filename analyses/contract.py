@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from analyses import fixed_point
+
 Contribution = dict[str, np.ndarray]
 """Flat mapping of names to numeric (or, for discovery, text) arrays."""
 
@@ -75,7 +77,8 @@ class Refusal(AnalysisError):
 def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduce) -> Contribution:
     """Combine site replies in site-id order, so any answer order gives identical bits.
 
-    `sum` adds arrays element-wise; `union` returns the sorted distinct values per key.
+    `sum` adds arrays element-wise, exactly (see `analyses.fixed_point`); `union` returns the
+    sorted distinct values per key.
     """
     ordered = sorted(replies, key=lambda item: item[0])
     keys = sorted({key for _, contribution in ordered for key in contribution})
@@ -86,7 +89,11 @@ def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduc
             shapes = {a.shape for a in arrays}
             if len(shapes) != 1 or len(arrays) != len(ordered):
                 raise AnalysisError(f"sites sent different shapes for '{key}': {sorted(shapes)}")
-            total[key] = np.sum(np.stack(arrays), axis=0)
+            try:
+                limbs = fixed_point.total(fixed_point.encode(a) for a in arrays)
+            except fixed_point.OutOfRange as error:
+                raise AnalysisError(f"'{key}': {error}; rescale the variable") from None
+            total[key] = fixed_point.decode(limbs, integer=all(a.dtype.kind in "iub" for a in arrays))
         else:
             present = [a.ravel() for a in arrays if a.size]
             if len({a.dtype.kind in "US" for a in present}) > 1:

@@ -33,7 +33,7 @@ class Control(StrEnum):
     GUARD = "guard"
     """Checked like MINIMUM but never sent."""
     SATURATION = "saturation"
-    """Guard [rows, parameters]: refuse unless parameters ≤ rows / 3 (DataSHIELD's rule)."""
+    """Guard [rows, parameters]: refuse unless rows ≥ parameters × the policy's rows per parameter."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class Limits:
 
     min_count: int = 1
     min_time_count: int = 1
-    saturation: bool = False
-    """Refuse regressions with more than rows / 3 parameters at the site."""
+    rows_per_parameter: int = 0
+    """Refuse regressions with fewer rows than this many per parameter at the site (DataSHIELD: 3; 0: off)."""
 
 
 class Refused(Exception):
@@ -88,8 +88,12 @@ def release(contribution: Contribution, manifest: tuple[Item, ...], phase: str, 
         small = (value > 0) & (value < k) if item.control in (Control.RANGE, Control.MINIMUM, Control.GUARD) else None
         if item.control in (Control.MINIMUM, Control.GUARD) and np.any(small):
             raise Refused(f"{item.meaning}: a count between 1 and {k - 1} (the site's minimum is {k})")
-        if item.control == Control.SATURATION and limits.saturation and value[1] > value[0] / 3:
-            raise Refused(f"{int(value[1])} parameters need at least {3 * int(value[1])} rows at each site (p ≤ n/3)")
+        if item.control == Control.SATURATION and int(value[1]) * limits.rows_per_parameter > value[0]:
+            needed = int(value[1]) * limits.rows_per_parameter
+            raise Refused(
+                f"{int(value[1])} parameters need at least {needed} rows at each site "
+                f"({limits.rows_per_parameter} per parameter)"
+            )
         if item.control == Control.RANGE:
             released[key] = np.where(small, 1, value)
             released[key + UPPER] = np.where(small, k - 1, value)

@@ -34,7 +34,7 @@ from workbench import protocol as protocols
 from workbench.datasets import actg175, partition
 
 COVARIATES = ["age", "karnof", "cd40"]
-"""Three, so that sites of ~10 patients pass the nodes' parameters ≤ rows / 3 guard."""
+"""Three, so that sites of ~10 patients pass the nodes' default guard of 3 rows per regression parameter."""
 POLICY = "[policy]\nmin_cell_count = 1\n"
 """Sites of ~10 patients release nothing under a real minimum; this measures the machinery, not the policy."""
 PROTOCOL = f"""

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyses import registry
-from analyses.contract import DataError, Query
+from analyses import fixed_point, registry
+from analyses.contract import Contribution, DataError, Query
 from analyses.disclosure import Refused, release
-from hospital_node import approvals, usage
+from hospital_node import approvals, masking, usage
 from hospital_node.audit import AuditLog
 from hospital_node.cohort import row_keys, select
+from hospital_node.identity import identity_key, public_line
 from hospital_node.ledger import Ledger
+from hospital_node.masking import KeyStore
 from hospital_node.site import Site, SiteError, load_table, open_site
 from workbench.messages import Reply, Request
 from workbench.protocol import Protocol, ProtocolError
@@ -35,8 +37,11 @@ class SiteRefusal(Exception):
     """The site answers nothing for this request; the message says why and what to do."""
 
 
-def answer(folder: str | Path, request: Request, requester: str) -> Reply:
-    """Every pending analysis' contribution (or refusal), or a reply that says why the site cannot answer."""
+def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore) -> Reply:
+    """Every pending analysis' contribution (or refusal), or a reply that says why the site cannot answer.
+
+    `keys` holds the private halves of the secure-aggregation keys this node offered.
+    """
     site_id, audit = Path(folder).name, None
     try:
         site = open_site(folder)
@@ -49,32 +54,48 @@ def answer(folder: str | Path, request: Request, requester: str) -> Reply:
             round=request.round,
             requested_by=requester,
             queries={analysis_id: query.phase for analysis_id, query in request.queries.items()},
+            aggregation={key: value for key, value in request.secure.items() if key != "peers"},
         )
         protocol = _approved(site, audit, request)
-        table_name = protocol.model.cohort.table
-        table = load_table(site, table_name)
-        cohort = select(table, protocol.model.cohort.filters)
-        keys = row_keys(table, site.policy.row_id)
-        ledger = Ledger(site.state)
-        contributions, refusals = {}, {}
-        for analysis_id, query in request.queries.items():
-            context = {"protocol_sha256": protocol.sha256, "study": protocol.model.study.id, "round": request.round,
-                       "analysis": analysis_id, "phase": query.phase}  # fmt: skip
-            try:
-                contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query)
-            except Refused as refusal:
-                refusals[analysis_id] = str(refusal)
-                audit.append("refusal", **context, reason=str(refusal))
-            except DataError as error:
-                name = site.table_path(table_name).name
-                raise DataError(f"{name}: analysis '{analysis_id}': {error}") from None
+        peers = _peers(site, protocol, request)
+        private = None
+        if peers:
+            private = keys.take(peers[site.id])
+            if private is None:
+                raise SiteRefusal("the key relayed as this site's is not one it offered, or was already used; refusing")
+        rows, contributions, refusals = (
+            _contributions(site, protocol, request, audit) if request.queries else (0, {}, {})
+        )
+        masked: dict[str, dict[str, np.ndarray]] = {}
+        if private is not None:
+            masked, unmaskable = _masked(site, protocol, request, peers, private, contributions)
+            for analysis_id, reason in unmaskable.items():
+                refusals[analysis_id] = reason
+                del contributions[analysis_id]
+                audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
+                             round=request.round, analysis=analysis_id, reason=reason)  # fmt: skip
         for analysis_id, sent in contributions.items():  # logged (fsynced) before anything leaves
             audit.append("release", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                          round=request.round, analysis=analysis_id, phase=request.queries[analysis_id].phase,
-                         rows=len(cohort), items=_items(sent), digest=_digest(sent))  # fmt: skip
+                         rows=rows, items=_items(sent), digest=_digest(sent),
+                         masked=sorted(masked.get(analysis_id, {})))  # fmt: skip
+        offer = {}
+        if request.secure.get("mode") == "masked":
+            offer = masking.offer(identity_key(site), site.id, protocol.sha256, request.secure["tag"], keys)
         entries = audit.entries()
-        metered = usage.by_study(entries).get(protocol.sha256, usage.Usage())
-        return Reply(site.id, len(cohort), contributions, refusals, metered.to_json(), entries[-1]["hash"])
+        return Reply(
+            site=site.id,
+            rows=rows,
+            contributions={key: {**value, **masked.get(key, {})} for key, value in contributions.items()},
+            refusals=refusals,
+            usage=usage.by_study(entries).get(protocol.sha256, usage.Usage()).to_json(),
+            audit_head=entries[-1]["hash"],
+            offer=offer,
+            masked=[f"{a}/{k}" for a, arrays in masked.items() for k in arrays],
+            integers=[
+                f"{a}/{k}" for a, arrays in masked.items() for k in arrays if contributions[a][k].dtype.kind in "iub"
+            ],
+        )
     except (SiteError, SiteRefusal, DataError, ProtocolError) as error:
         _log_refusal(audit, request, str(error))
         return Reply(site=site_id, error=str(error))
@@ -82,6 +103,78 @@ def answer(folder: str | Path, request: Request, requester: str) -> Reply:
         log.exception("site %s: internal error", site_id)
         _log_refusal(audit, request, f"internal error: {type(error).__name__}")
         return Reply(site=site_id, error=f"internal error at the node ({type(error).__name__}: {error})")
+
+
+def _contributions(
+    site: Site, protocol: Protocol, request: Request, audit: AuditLog
+) -> tuple[int, dict[str, Contribution], dict[str, str]]:
+    """Cohort rows, the releasable contribution per analysis, and refusals (logged)."""
+    table_name = protocol.model.cohort.table
+    table = load_table(site, table_name)
+    cohort = select(table, protocol.model.cohort.filters)
+    keys = row_keys(table, site.policy.row_id)
+    ledger = Ledger(site.state)
+    contributions, refusals = {}, {}
+    for analysis_id, query in request.queries.items():
+        try:
+            contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query)
+        except Refused as refusal:
+            refusals[analysis_id] = str(refusal)
+            audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
+                         round=request.round, analysis=analysis_id, phase=query.phase, reason=str(refusal))  # fmt: skip
+        except DataError as error:
+            name = site.table_path(table_name).name
+            raise DataError(f"{name}: analysis '{analysis_id}': {error}") from None
+    return len(cohort), contributions, refusals
+
+
+def _peers(site: Site, protocol: Protocol, request: Request) -> dict[str, bytes] | None:
+    """The verified peer keys of a masked round (None when the round is in the clear), or SiteRefusal."""
+    secure = request.secure
+    count = int(secure.get("count", 0))
+    if secure.get("mode") != "masked":
+        if not site.policy.clear_aggregation:
+            raise SiteRefusal(
+                "this site sends its contributions only under secure aggregation (its policy has "
+                f"clear_aggregation = false); this round has {count} site(s) and secure aggregation "
+                f"{'on' if protocol.model.privacy.secure_aggregation else 'off'}"
+            )
+        if protocol.model.privacy.secure_aggregation and count >= masking.MINIMUM_SITES:
+            raise SiteRefusal("the approved protocol requires secure aggregation; refusing to send in the clear")
+        return None
+    if not protocol.model.privacy.secure_aggregation:
+        raise SiteRefusal("a masked round for a protocol without secure aggregation; refusing")
+    pinned = protocol.model.federation.sites
+    if pinned.get(site.id) != identity_line(site):
+        raise SiteRefusal(
+            "this site's identity key is not the one pinned in the protocol's [federation.sites]; "
+            "print it with: workbench node identity --site SITE_FOLDER"
+        )
+    if not secure.get("peers"):
+        return {}  # the key round: nothing to mask yet
+    if site.id not in secure["peers"] or len(secure["peers"]) < masking.MINIMUM_SITES:
+        raise SiteRefusal(f"secure aggregation needs this site and at least {masking.MINIMUM_SITES} sites in all")
+    try:
+        return masking.verify(secure["peers"], pinned, protocol.sha256)
+    except masking.MaskingError as error:
+        raise SiteRefusal(str(error)) from None
+
+
+def _masked(
+    site: Site, protocol: Protocol, request: Request, peers: dict[str, bytes], private: bytes,
+    contributions: dict[str, Contribution],
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:  # fmt: skip
+    """Masked sums per analysis (union replies stay clear), and analyses whose values cannot be encoded."""
+    masked, unmaskable = {}, {}
+    for analysis_id, contribution in contributions.items():
+        if request.queries[analysis_id].reduce != "sum":
+            continue
+        try:
+            masked.update(masking.mask({analysis_id: contribution}, site.id, private, peers, protocol.sha256,
+                                       request.secure["tag"]))  # fmt: skip
+        except fixed_point.OutOfRange as error:
+            unmaskable[analysis_id] = f"{error}: secure aggregation cannot encode it"
+    return masked, unmaskable
 
 
 def _contribution(
@@ -138,6 +231,10 @@ def _log_refusal(audit: AuditLog | None, request: Request, reason: str) -> None:
              round=request.round, analysis=None, reason=reason)  # fmt: skip
     except OSError:
         log.exception("cannot write the audit log")
+
+
+def identity_line(site: Site) -> str:
+    return public_line(identity_key(site))
 
 
 def _study_id(text: str) -> str:

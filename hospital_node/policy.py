@@ -22,7 +22,11 @@ class Policy(BaseModel):
     delta: float = Field(1e-5, gt=0, lt=1)
     allowed_analyses: list[str] = Field(default_factory=list, description="empty = all built-in analyses")
     allowed_variables: list[str] = Field(default_factory=list, description="empty = all columns")
+    min_rows_per_parameter: int = Field(3, ge=0, description="regressions need this many rows per parameter (0: off)")
     row_id: str | None = Field(None, description="column identifying a patient (default: the row's content)")
+    clear_aggregation: bool = Field(
+        False, description="send contributions unmasked when a study has secure aggregation off or fewer than 3 sites"
+    )
 
     @field_validator("allowed_analyses")
     @classmethod
@@ -40,7 +44,7 @@ class Policy(BaseModel):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.min_cell_count, self.min_time_cell_count or self.min_cell_count, saturation=True)
+        return Limits(self.min_cell_count, self.min_time_cell_count or self.min_cell_count, self.min_rows_per_parameter)
 
     def conflicts(self, analysis_type: str, variables: list[str]) -> list[str]:
         """Why this policy does not allow an analysis of `analysis_type` on `variables` (empty if it does)."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from analyses import registry
 from analyses.disclosure import Control, Item
 from hospital_node import approvals, usage
 from hospital_node.audit import AuditLog
+from hospital_node.handler import identity_line
 from hospital_node.site import Site
 from workbench.protocol import Protocol
 
@@ -22,6 +26,7 @@ def preview(site: Site, protocol: Protocol) -> str:
         f"Site policy: minimum count {policy.min_cell_count}, per time cell {policy.min_time_cell_count}; "
         f"analyses: {', '.join(policy.allowed_analyses) or 'all'}; variables: {', '.join(policy.allowed_variables) or 'all'}",
     ]
+    lines += _aggregation(site, protocol)
     for spec in protocol.model.analysis:
         lines.append("")
         lines.append(f"Analysis '{spec.id}' ({spec.type}) reads: {', '.join(protocol.variables(spec))}")  # type: ignore[attr-defined]
@@ -34,11 +39,41 @@ def preview(site: Site, protocol: Protocol) -> str:
 
 def conflicts(site: Site, protocol: Protocol) -> list[str]:
     """Why the site's policy would refuse parts of this protocol."""
-    return [
+    problems = [
         f"analysis '{spec.id}': {problem}"
         for spec in protocol.model.analysis
         for problem in site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
     ]
+    if not protocol.model.privacy.secure_aggregation and not site.policy.clear_aggregation:
+        problems.append("secure aggregation is off but the site's policy has clear_aggregation = false")
+    pinned = protocol.model.federation.sites
+    if protocol.model.privacy.secure_aggregation and pinned and pinned.get(site.id) != identity_line(site):
+        problems.append("[federation.sites] does not pin this site's identity key (workbench node identity prints it)")
+    return problems
+
+
+def _aggregation(site: Site, protocol: Protocol) -> list[str]:
+    pinned = protocol.model.federation.sites
+    if not protocol.model.privacy.secure_aggregation:
+        return ["Secure aggregation: OFF — the coordinator sees this site's replies as sent"]
+    lines = [
+        "Secure aggregation: ON — every additive reply is masked; the coordinator learns only sums over at least "
+        f"3 sites (discovery replies — column kinds, levels, distinct times — are not masked). With fewer sites "
+        f"this site {'sends in the clear' if site.policy.clear_aggregation else 'refuses'} (clear_aggregation = "
+        f"{str(site.policy.clear_aggregation).lower()}).",
+        f"Peers pinned by the protocol ({len(pinned)}): "
+        + (
+            ", ".join(f"{name} {_fingerprint(line)}" for name, line in pinned.items())
+            or "none — masked rounds will be refused"
+        ),
+    ]
+    return lines
+
+
+def _fingerprint(line: str) -> str:
+    """SHA256:… of an OpenSSH public key, as `ssh-keygen -l` prints it."""
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _rule(item: Item, site: Site) -> str:
@@ -48,7 +83,7 @@ def _rule(item: Item, site: Site) -> str:
         Control.RANGE: f"→ sent; a count of 1–{k - 1} is sent as the range 1–{k - 1}",
         Control.MINIMUM: f"→ sent if each count is 0 or ≥ {k}, else refused",
         Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
-        Control.SATURATION: "checked (parameters ≤ rows / 3), never sent",
+        Control.SATURATION: f"checked (≥ {site.policy.min_rows_per_parameter} rows per parameter), never sent",
     }[item.control]
 
 

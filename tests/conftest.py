@@ -13,7 +13,7 @@ from analyses import driver, registry
 from analyses.driver import run_in_memory
 from analyses.registry import AnySpec
 from hospital_node import approvals
-from hospital_node.handler import answer
+from hospital_node.handler import answer, identity_line
 from hospital_node.site import open_site
 from workbench.datasets import gbsg2_sites, lung_institutions
 from workbench.federation import SiteExchange
@@ -48,6 +48,16 @@ def federate(frames: dict[str, pd.DataFrame], **blocks: dict[str, Any]) -> dict[
     return results
 
 
+class DictKeys(dict):
+    """A node's key store held in a dict (the ClientApp keeps them in its Flower context state)."""
+
+    def put(self, public: bytes, private: bytes) -> None:
+        self[public] = private
+
+    def take(self, public: bytes) -> bytes | None:
+        return self.pop(public, None)
+
+
 class NodeFolders(SiteExchange):
     """Rounds delivered to each site folder's real node handler in this process (no network).
 
@@ -55,18 +65,20 @@ class NodeFolders(SiteExchange):
     """
 
     def __init__(self, protocol: Protocol, folders: list[Path]) -> None:
-        super().__init__(protocol)
-        self.folders = folders
+        super().__init__(protocol, len(folders))
+        self.folders = {open_site(folder).id: folder for folder in folders}
+        self.keys = {site: DictKeys() for site in self.folders}
 
-    def send(self, request: Request) -> tuple[list[Reply], list[str]]:
+    def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
         replies = []
-        for folder in self.folders:
-            reply = answer(folder, Request.from_records(request.to_records()), "test coordinator")
+        for site in sites if sites is not None else list(self.folders):
+            reply = answer(self.folders[site], Request.from_records(request.to_records()), "test coordinator",
+                           self.keys[site])  # fmt: skip
             replies.append(Reply.from_records(reply.to_records()))
-        return replies, []
+        return replies, {}
 
 
-def make_site(folder: Path, rows: pd.DataFrame, policy: str = "") -> Path:
+def make_site(folder: Path, rows: pd.DataFrame, policy: str = "clear_aggregation = true") -> Path:
     """A site folder with `rows` as patients.csv and `policy` as its [policy] section."""
     folder.mkdir(parents=True)
     (folder / "site.toml").write_text(f'[site]\nid = "{folder.name}"\n' + (f"[policy]\n{policy}\n" if policy else ""))
@@ -74,15 +86,26 @@ def make_site(folder: Path, rows: pd.DataFrame, policy: str = "") -> Path:
     return folder
 
 
-def study(folders: list[Path], text: str, approve: bool = True) -> tuple[dict[str, dict[str, Any]], NodeFolders]:
-    """Run a protocol over site folders (approving it first, as each steward would)."""
+def roster(folders: list[Path]) -> str:
+    """The `[federation.sites]` section pinning the folders' identity keys."""
+    return "\n[federation.sites]\n" + "".join(
+        f'{open_site(folder).id} = "{identity_line(open_site(folder))}"\n' for folder in folders
+    )
+
+
+def study(
+    folders: list[Path], text: str, approve: bool = True, exchange: type[NodeFolders] | None = None
+) -> tuple[dict[str, dict[str, Any]], NodeFolders]:
+    """Run a protocol over site folders: pin their keys, approve it (as each steward would), run it."""
+    if "[federation" not in text:
+        text += roster(folders)
     protocol = parse(text)
     if approve:
         for folder in folders:
             approvals.approve(open_site(folder), protocol, by="test steward")
-    exchange = NodeFolders(protocol, folders)
+    runner = (exchange or NodeFolders)(protocol, folders)
     plans = {key: registry.plan(spec) for key, spec in protocol.analyses.items()}
-    return driver.run(plans, exchange), exchange
+    return driver.run(plans, runner), runner
 
 
 def protocol_text(*blocks: str, filters: str = "[]") -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hospital_node.audit import AuditLog
-from tests.conftest import make_site, protocol_text, study
+from tests.conftest import make_site, protocol_text, roster, study
 from workbench.datasets import lung_hospitals
 from workbench.errors import StudyError
 
@@ -118,12 +118,16 @@ def test_a_killed_writer_never_breaks_the_chain_or_loses_a_reported_entry(tmp_pa
 def test_steward_commands_approve_revoke_list_and_meter(tmp_path):
     folder = make_site(tmp_path / "hospital-2", lung_hospitals()["hospital-2"][1])
     protocol = tmp_path / "study.toml"
-    protocol.write_text(protocol_text(DESCRIBE))
+    protocol.write_text(protocol_text(DESCRIBE) + roster([folder]))
     review = workbench("node", "approve", protocol, "--site", folder, "--yes", "--by", "Dr. Steward")
     assert review.returncode == 0, review.stderr
     assert "Analysis 'ages' (describe) reads: age" in review.stdout
     assert "moments   n:*" in review.stdout and "→ sent if each count is 0 or ≥ 5, else refused" in review.stdout
     assert "Nothing else leaves the site" in review.stdout
+    assert (
+        "Secure aggregation: ON" in review.stdout
+        and "Peers pinned by the protocol (1): hospital-2 SHA256:" in review.stdout
+    )
     listed = workbench("node", "approvals", "--site", folder)
     assert "1 approved protocol(s)" in listed.stdout and "by Dr. Steward" in listed.stdout
     refused = workbench("node", "approve", protocol, "--site", folder)  # no terminal, no --yes

@@ -14,7 +14,7 @@ from hospital_node.audit import AuditLog
 from hospital_node.handler import answer
 from hospital_node.policy import Policy
 from hospital_node.site import SiteError, open_site
-from tests.conftest import make_site, protocol_text, study
+from tests.conftest import DictKeys, make_site, protocol_text, study
 from workbench.datasets import actg175, lung_hospitals, partition
 from workbench.errors import StudyError
 from workbench.messages import Request
@@ -33,8 +33,8 @@ def hospitals(tmp_path):
 
 
 def test_policy_defaults_and_policy_errors(tmp_path):
-    site = open_site(make_site(tmp_path / "a", pd.DataFrame({"x": [1]})))
-    assert site.policy == Policy()
+    site = open_site(make_site(tmp_path / "a", pd.DataFrame({"x": [1]}), policy=""))
+    assert site.policy == Policy() and not site.policy.clear_aggregation
     assert (site.policy.min_cell_count, site.policy.min_time_cell_count) == (5, 5)
     assert (site.policy.max_epsilon, site.policy.delta) == (8.0, 1e-5)
     assert site.policy.allowed_analyses == [] and site.policy.allowed_variables == []
@@ -52,10 +52,10 @@ def test_only_an_approved_protocol_is_answered_and_a_revocation_stops_it(hospita
         StudyError, match=r"site hospital-1, .*hospital-5: protocol \w{12} \(study 'test'\) is not approved"
     ):
         study(hospitals, text, approve=False)
-    results, _ = study(hospitals, text)
+    results, runner = study(hospitals, text)
     assert results["ages"]["variables"]["age"]["n"] == 227
     site = open_site(hospitals[0])
-    assert approvals.revoke(site, parse(text).sha256, by="steward") is not None
+    assert approvals.revoke(site, runner.protocol.sha256, by="steward") is not None
     with pytest.raises(StudyError, match="site hospital-1: protocol .* is not approved"):
         study(hospitals, text, approve=False)
     events = [entry["event"] for entry in AuditLog(site.state).entries()]
@@ -67,14 +67,16 @@ def test_the_node_answers_only_the_approved_protocols_analyses_and_phases(hospit
     approvals.approve(open_site(hospitals[0]), protocol, by="steward")
 
     def ask(queries):
-        return answer(hospitals[0], Request(protocol.text, protocol.sha256, 1, queries), "test")
+        return answer(
+            hospitals[0], Request(protocol.text, protocol.sha256, 1, queries, {"count": 1}), "test", DictKeys()
+        )
 
     reply = ask({"other": Query("moments"), "ages": Query("newton", {})})
     assert reply.refusals == {
         "other": "analysis 'other' is not in the approved protocol",
         "ages": "phase 'newton' is not part of a describe analysis",
     }
-    tampered = answer(hospitals[0], Request(protocol.text.replace("age", "sex"), protocol.sha256, 1, {}), "test")
+    tampered = answer(hospitals[0], Request(protocol.text.replace("age", "sex"), protocol.sha256, 1, {}), "test", {})
     assert tampered.error == "the protocol text does not match its SHA-256; refusing"
 
 
@@ -150,7 +152,7 @@ def test_regression_guards_refuse_rare_categories_and_too_many_parameters(tmp_pa
     results, _ = study([site], protocol_text(logit))
     assert results["logit"]["refused_by"]["h1"].startswith("rows per covariate category")
     results, _ = study([small], protocol_text(wide))
-    assert results["wide"]["refused_by"]["small"] == "7 parameters need at least 21 rows at each site (p ≤ n/3)"
+    assert results["wide"]["refused_by"]["small"] == "7 parameters need at least 21 rows at each site (3 per parameter)"
 
 
 def test_differencing_attack_same_statistic_on_s_and_s_minus_one_patient_is_refused(tmp_path):
@@ -194,12 +196,12 @@ def test_cohort_filters_select_exactly_and_bad_filters_are_named(hospitals):
 def test_usage_is_metered_from_the_audit_log_and_reported_with_the_results(hospitals):
     results, exchange = study(hospitals, protocol_text(DESCRIBE_AGE, KM))
     for site, reply in exchange.replies.items():
-        assert reply.usage["queries"] == exchange.rounds == 3
+        assert reply.usage["queries"] == exchange.rounds + 1 == 4  # the key round, then 3 data rounds
         assert reply.usage["releases"] == 3 and reply.usage["refusals"] == 1  # describe 3 rounds; KM refused
         assert reply.usage["rows"] == reply.rows
         assert reply.audit_head == AuditLog(open_site(hospitals[int(site[-1]) - 1]).state).entries()[-1]["hash"]
     entries = AuditLog(open_site(hospitals[0]).state).entries()
-    request = next(e for e in entries if e["event"] == "request")
+    request = next(e for e in entries if e["event"] == "request" and e["queries"])
     assert request["requested_by"] == "test coordinator" and request["queries"] == {
         "ages": "discover",
         "km": "discover",

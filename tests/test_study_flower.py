@@ -46,7 +46,7 @@ def test_demo_writes_the_results_contract(demo):
     assert sum(s["rows"] for s in results["sites"]) == len(_demo_cohort())
     assert results["refusals"] == []
     for site in results["sites"]:
-        assert site["usage"]["queries"] == results["rounds"] and site["usage"]["refusals"] == 0
+        assert site["usage"]["queries"] == results["rounds"] + 1 and site["usage"]["refusals"] == 0  # + key round
         assert site["usage"]["rows"] == site["rows"] and len(site["audit_head"]) == 64
     analyses = results["analyses"]
     assert set(analyses) == set(protocol_module.load(out / "protocol.toml").analyses)
@@ -103,7 +103,7 @@ def test_flower_results_equal_pooled_references_on_the_same_grid(demo):
 def test_flower_adds_no_error_to_the_in_memory_federation(demo):
     out, results = demo
     study = protocol_module.load(out / "protocol.toml")
-    limits = Limits(min_count=5, min_time_count=1, saturation=True)  # the demo hospitals' policy
+    limits = Limits(min_count=5, min_time_count=1, rows_per_parameter=3)  # the demo hospitals' policy
     expected = run({key: registry.plan(spec) for key, spec in study.analyses.items()},
                    in_memory(_demo_frames(), study.analyses, limits))  # fmt: skip
     assert results["analyses"] == json.loads(json.dumps(json_safe(expected)))
@@ -161,7 +161,7 @@ def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_
 def test_unapproved_protocol_is_refused_by_every_site(demo, tmp_path):
     out, _ = demo
     protocol = tmp_path / "changed.toml"
-    protocol.write_text(demo_module.protocol_text().replace('"Survival in', '"Survival (v2) in'))
+    protocol.write_text((out / "protocol.toml").read_text().replace('"Survival in', '"Survival (v2) in'))
     sites = [a for s in sorted((out / "sites").iterdir())[:2] for a in ("--site", s)]
     done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
     _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2: protocol ",
@@ -171,15 +171,16 @@ def test_unapproved_protocol_is_refused_by_every_site(demo, tmp_path):
 def test_unknown_column_names_the_analysis_and_suggests_the_fix(demo, tmp_path):
     out, _ = demo
     protocol = tmp_path / "typo.toml"
-    protocol.write_text(demo_module.protocol_text().replace('variables = ["age", "wt.loss"]', 'variables = ["agee"]'))
-    folders = sorted((out / "sites").iterdir())[:2]
+    text = (out / "protocol.toml").read_text()
+    protocol.write_text(text.replace('variables = ["age", "wt.loss"]', 'variables = ["agee"]'))
+    folders = sorted((out / "sites").iterdir())[:3]
     for folder in folders:
         approved = workbench("node", "approve", protocol, "--site", folder, "--yes", "--by", "test steward")
         assert approved.returncode == 0, approved.stderr
         assert "Analysis 'baseline' (describe) reads: agee, ph.ecog, ph.karno, wt.loss" in approved.stdout
     sites = [a for s in folders for a in ("--site", s)]
     done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
-    _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2: patients.csv: analysis 'baseline': "
+    _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2, hospital-3: patients.csv: analysis 'baseline': "
                     "column 'agee' is not in the cohort table (did you mean 'age'?)")  # fmt: skip
 
 

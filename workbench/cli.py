@@ -59,11 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("protocol", help="the protocol file, or its SHA-256 (or the first 8+ characters)")
     approvals_list = steps.add_parser("approvals", help="list the protocols approved at this site")
     usage = steps.add_parser("usage", help="queries, releases and rows used per study, from the audit log")
+    identity = steps.add_parser(
+        "identity", help="print the site's identity key line for a protocol's [federation.sites]"
+    )
     audit = steps.add_parser("audit", help="the tamper-evident audit log")
     audit_steps = audit.add_subparsers(required=True, metavar="ACTION")
     verify = audit_steps.add_parser("verify", help="recompute the hash chain; exit code 1 if it is broken")
     for command, handler in ((approve, nodes.approve), (revoke, nodes.revoke), (approvals_list, nodes.approvals),
-                             (usage, nodes.usage), (verify, nodes.verify)):  # fmt: skip
+                             (usage, nodes.usage), (verify, nodes.verify), (identity, nodes.identity)):  # fmt: skip
         command.add_argument("--site", type=Path, required=True, metavar="DIR", help="the site folder")
         command.add_argument("--by", default=getpass.getuser(), help="who acts (recorded in the audit log)")
         command.set_defaults(command=handler)
@@ -79,7 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     sites = demo.build_sites(out / "sites")
     protocol_path = out / "protocol.toml"
-    protocol_path.write_text(demo.protocol_text(), encoding="utf-8")
+    protocol_path.write_text(demo.protocol_text() + demo.roster(sites), encoding="utf-8")
     study = protocol.load(protocol_path)
     print(f"demo: {len(sites)} hospital sites from the NCCTG lung cancer data in {out / 'sites'}", file=sys.stderr)
     demo.approve(sites, study)
@@ -102,7 +105,7 @@ def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: 
     started = time.perf_counter()
     run = simulate(study, sites, progress=None if quiet else _progress(started))
     document = results.build(study, run, engine="flower-simulation")
-    path = results.write(document, out)
+    path = results.write(document, out, run.transcript)
     if not quiet:
         print(report.render(document))
         print(f"\nresults: {path}", file=sys.stderr)

@@ -7,14 +7,21 @@ from importlib import resources
 from pathlib import Path
 
 from hospital_node import approvals
+from hospital_node.handler import identity_line
 from hospital_node.site import open_site
 from workbench.datasets import lung_hospitals
 from workbench.protocol import Protocol
 
 
 def protocol_text() -> str:
-    """The bundled demo protocol (every built-in analysis on the lung data)."""
+    """The bundled demo protocol (every built-in analysis on the lung data), without its site roster."""
     return resources.files("workbench").joinpath("examples/ncctg-lung.toml").read_text(encoding="utf-8")
+
+
+def roster(sites: list[Path]) -> str:
+    """The `[federation.sites]` section pinning each site's identity key, as a researcher collects them."""
+    lines = [f'{open_site(folder).id} = "{identity_line(open_site(folder))}"' for folder in sites]
+    return "\n[federation.sites]\n" + "\n".join(lines) + "\n"
 
 
 POLICY = """

@@ -1,17 +1,33 @@
-"""One study round over Flower: send every node the pending queries, combine the replies."""
+"""One study round across the sites: relay keys, send every pending query, combine the replies.
+
+With secure aggregation (the default) each site masks its additive replies; the coordinator
+only ever adds them up modulo 2¹²⁸, where the masks cancel. Sites offer a fresh signed key
+in every reply for the next round; a key round before the first data round (and after a
+dropout) collects them. A site that stops answering before it contributed to anything is
+left out and the round repeated with fresh keys; one that stops after it contributed ends
+the analyses still running (leaving it out then would mix cohorts, and re-running earlier
+rounds without it would expose its contributions). No partial sum is ever unmasked.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from analyses import fixed_point
 from analyses.contract import AnalysisError, Contribution, Query, Refusal, reduce_queries
 from workbench.errors import StudyError
 from workbench.messages import MESSAGE_TYPE, Reply, Request
 from workbench.protocol import Protocol
+
+MINIMUM_SITES = 3
+"""Fewer sites cannot hide one from another: such rounds go in the clear if the sites' policies allow it."""
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -26,30 +42,148 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(0.05)
 
 
-class SiteExchange:
-    """An `analyses.driver.Exchange` over per-site replies; remembers the sites' replies and refusals.
+@dataclass
+class Attempt:
+    """What the coordinator sent and received in one attempt of one round (for the transcript)."""
 
-    A site that answers nothing (error, refusal of the protocol, no reply) stops the study
-    with every such site's reason; a site that refuses one analysis fails only that analysis.
+    tag: str
+    mode: str
+    sites: list[str]
+    offers: dict[str, dict[str, str]]
+    received: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Site → `analysis/key` → the array exactly as it arrived (masked limbs, or clear values)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    """Wall time from sending the request to having every reply."""
+
+    @property
+    def bytes_per_site(self) -> float:
+        """Mean size of the arrays a site sent (what secure aggregation enlarges)."""
+        sizes = [sum(v.nbytes for v in arrays.values()) for arrays in self.received.values()]
+        return float(np.mean(sizes)) if sizes else 0.0
+
+
+class SiteExchange:
+    """An `analyses.driver.Exchange` over per-site replies.
+
+    Subclasses deliver requests (`send`); this class runs key rounds, masked or clear rounds,
+    retries after dropouts, and keeps the sites' replies, refusals and the transcript.
     """
 
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, sites: int) -> None:
         self.protocol = protocol
+        self.secure = protocol.model.privacy.secure_aggregation
+        self.expected = sites
+        self.active: list[str] | None = None
+        """Participating site ids (None until the sites first answered)."""
+        self.offers: dict[str, dict[str, str]] = {}
+        self.contributed: set[str] = set()
+        self.dropped: dict[str, str] = {}
         self.rounds = 0
         self.replies: dict[str, Reply] = {}
         """Each site's latest reply (rows, usage, audit head)."""
         self.refusals: list[dict[str, str]] = []
         """Every refusal of an analysis by a site: site, analysis, reason."""
+        self.transcript: list[Attempt] = []
 
-    def send(self, request: Request) -> tuple[list[Reply], list[str]]:
-        """Deliver `request` to every site: the replies, and problems of delivery."""
+    def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
+        """Deliver `request` to `sites` (all when None): the replies, and who failed to answer and why."""
         raise NotImplementedError
 
+    @property
+    def mode(self) -> str:
+        count = len(self.active) if self.active is not None else self.expected
+        return "masked" if self.secure and count >= MINIMUM_SITES else "clear"
+
     def __call__(self, queries: dict[str, Query]) -> dict[str, Contribution | AnalysisError]:
-        self.rounds += 1
-        replies, problems = self.send(Request(self.protocol.text, self.protocol.sha256, self.rounds, queries))
-        _check(replies, problems)
-        self.replies = {reply.site: reply for reply in sorted(replies, key=lambda r: r.site)}
+        round_number = self.rounds + 1
+        for attempt in range(1, self.expected + 2):
+            mode = self.mode
+            if mode == "masked" and set(self.offers) != set(self.active or ["?"]):
+                if not self._key_round(round_number, attempt):
+                    continue
+            tag = f"{round_number}.{attempt}"
+            secure: dict[str, Any] = {"mode": mode, "tag": tag, "count": len(self.active or []) or self.expected}
+            if mode == "masked":
+                secure["peers"] = dict(self.offers)
+            record = Attempt(tag, mode, list(self.active or []), dict(self.offers))
+            self.transcript.append(record)
+            self.offers = {}
+            request = Request(self.protocol.text, self.protocol.sha256, round_number, queries, secure)
+            started = time.perf_counter()
+            replies, failures = self.send(request, self.active)
+            record.seconds = time.perf_counter() - started
+            record.received = {r.site: _arrays(r) for r in replies}
+            if failures:
+                lost = self._drop(failures, record)
+                if lost:
+                    return {key: AnalysisError(lost) for key in queries}
+                continue
+            _check(replies)
+            self.active = sorted(r.site for r in replies)
+            record.sites = list(self.active)
+            self.offers = {r.site: r.offer for r in replies if r.offer}
+            self.replies = {r.site: r for r in sorted(replies, key=lambda r: r.site)}
+            self.contributed |= set(self.active)
+            self.rounds = round_number
+            return self._combine(replies, queries, mode)
+        raise StudyError(f"round {round_number} failed at every attempt")
+
+    def summary(self) -> dict[str, Any]:
+        """How the study was aggregated, for the results."""
+        modes = list(dict.fromkeys(a.mode for a in self.transcript if a.mode != "keys"))
+        return {
+            "requested": self.secure,
+            "mode": ", then ".join(modes) or "none",
+            "key_authentication": "site identity keys pinned in the protocol's [federation.sites]"
+            if "masked" in modes
+            else None,
+            "contributors": sorted(self.contributed),
+            "dropped": self.dropped,
+            "attempts": len(self.transcript),
+        }
+
+    def _key_round(self, round_number: int, attempt: int) -> bool:
+        """Collect a fresh signed key from every participant; False if some site failed (it is dropped)."""
+        tag = f"keys.{round_number}.{attempt}"
+        record = Attempt(tag, "keys", list(self.active or []), {})
+        self.transcript.append(record)
+        request = Request(self.protocol.text, self.protocol.sha256, round_number, {}, {"mode": "masked", "tag": tag})
+        started = time.perf_counter()
+        replies, failures = self.send(request, self.active)
+        record.seconds = time.perf_counter() - started
+        if failures:
+            self._drop(failures, record)
+            return False
+        _check(replies)
+        self.active = sorted(r.site for r in replies)
+        self.offers = {r.site: r.offer for r in replies}
+        record.sites, record.offers = list(self.active), dict(self.offers)
+        return True
+
+    def _drop(self, failures: dict[str, str], record: Attempt) -> str:
+        """Leave out sites that failed; the reason analyses must stop if they had contributed already."""
+        record.failed = dict(failures)
+        self.dropped.update(failures)
+        self.offers = {}
+        if self.active is not None:
+            self.active = [site for site in self.active if site not in failures]
+        else:
+            self.expected -= len(failures)
+        lost = sorted(site for site in failures if site in self.contributed)
+        if lost:
+            return (
+                f"site {', '.join(lost)} stopped answering ({failures[lost[0]]}) after contributing to earlier "
+                "rounds; the analyses still running cannot finish without it (leaving it out now would mix "
+                "cohorts), so rerun the study when it is back"
+            )
+        if (len(self.active) if self.active is not None else self.expected) == 0:
+            raise StudyError("no site answered: " + "; ".join(f"{s}: {r}" for s, r in failures.items()))
+        return ""
+
+    def _combine(
+        self, replies: list[Reply], queries: dict[str, Query], mode: str
+    ) -> dict[str, Contribution | AnalysisError]:
         refused: dict[str, dict[str, str]] = {}
         for reply in replies:
             for analysis_id, reason in reply.refusals.items():
@@ -57,17 +191,36 @@ class SiteExchange:
                 self.refusals.append({"site": reply.site, "analysis": analysis_id, "reason": reason})
         answered = {key: query for key, query in queries.items() if key not in refused}
         totals: dict[str, Contribution | AnalysisError] = {key: Refusal(sites) for key, sites in refused.items()}
-        totals.update(reduce_queries(((reply.site, reply.contributions) for reply in replies), answered))
+        clear = {key: q for key, q in answered.items() if mode == "clear" or q.reduce == "union"}
+        totals.update(reduce_queries(((r.site, r.contributions) for r in replies), clear))
+        for analysis_id in answered.keys() - clear.keys():
+            totals[analysis_id] = _unmask(replies, analysis_id)
         return totals
 
 
-def _check(replies: list[Reply], problems: list[str]) -> None:
+def _unmask(replies: list[Reply], analysis_id: str) -> Contribution | AnalysisError:
+    """The exact sum of every site's masked arrays (the masks cancel)."""
+    total: Contribution = {}
+    for key in replies[0].contributions[analysis_id]:
+        name = f"{analysis_id}/{key}"
+        parts = [r.contributions[analysis_id][key] for r in replies]
+        if len({p.shape for p in parts}) != 1 or any(name not in r.masked for r in replies):
+            return AnalysisError(f"sites sent different shapes or encodings for '{key}'")
+        total[key] = fixed_point.decode(fixed_point.total(parts), integer=name in replies[0].integers)
+    return total
+
+
+def _arrays(reply: Reply) -> dict[str, np.ndarray]:
+    return {f"{a}/{k}": v for a, arrays in reply.contributions.items() for k, v in arrays.items()}
+
+
+def _check(replies: list[Reply]) -> None:
     """Stop the study, naming every site that answered nothing and why (identical reasons grouped)."""
     reasons: dict[str, list[str]] = {}
     for reply in replies:
         if reply.error:
             reasons.setdefault(reply.error, []).append(reply.site)
-    problems = problems + [f"site {', '.join(sorted(sites))}: {reason}" for reason, sites in reasons.items()]
+    problems = [f"site {', '.join(sorted(sites))}: {reason}" for reason, sites in reasons.items()]
     ids = [reply.site for reply in replies]
     duplicates = sorted({site for site in ids if ids.count(site) > 1})
     if duplicates:
@@ -80,18 +233,32 @@ class FlowerExchange(SiteExchange):
     """Rounds as Flower messages to the nodes of a Grid."""
 
     def __init__(self, grid: Grid, nodes: Sequence[int], protocol: Protocol, timeout: float) -> None:
-        super().__init__(protocol)
+        super().__init__(protocol, len(nodes))
         self.grid, self.nodes, self.timeout = grid, list(nodes), timeout
+        self.node_of: dict[str, int] = {}
 
-    def send(self, request: Request) -> tuple[list[Reply], list[str]]:
+    def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
+        targets = self.nodes if sites is None else [self.node_of[site] for site in sites]
         messages = [
-            Message(request.to_records(), dst_node_id=node, message_type=MESSAGE_TYPE, group_id=str(request.round))
-            for node in self.nodes
+            Message(
+                request.to_records(), dst_node_id=node, message_type=MESSAGE_TYPE, group_id=request.secure.get("tag")
+            )
+            for node in targets
         ]
-        answers = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        problems = [
-            f"node {m.metadata.src_node_id} failed: {m.error.reason}" for m in answers if m.has_error()
-        ]  # fmt: skip
-        if len(answers) < len(self.nodes):
-            problems.append(f"{len(self.nodes) - len(answers)} site(s) did not answer within {self.timeout:g} s")
-        return [Reply.from_records(m.content) for m in answers if not m.has_error()], problems
+        answers = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        site_of = {node: site for site, node in self.node_of.items()}
+        replies, failures = [], {}
+        for node in targets:
+            message = answers.get(node)
+            name = site_of.get(node, f"node {node}")
+            if message is None:
+                failures[name] = f"no reply within {self.timeout:g} s"
+            elif message.has_error():
+                failures[name] = f"node failed: {message.error.reason}"
+            else:
+                reply = Reply.from_records(message.content)
+                self.node_of[reply.site] = node
+                replies.append(reply)
+        if sites is None:
+            self.nodes = [node for node in targets if node in self.node_of.values()]
+        return replies, failures

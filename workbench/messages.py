@@ -25,6 +25,9 @@ class Request:
     protocol_sha256: str
     round: int
     queries: dict[str, Query]
+    secure: dict[str, Any] = field(default_factory=dict)
+    """Aggregation of this round: `mode` ("masked" or "clear"), `tag` (round.attempt), `sites`
+    (the participants) and, when masked, `peers` (site → signed key offer relayed by the coordinator)."""
 
     def to_records(self) -> RecordDict:
         return RecordDict(
@@ -35,6 +38,7 @@ class Request:
                         "sha256": self.protocol_sha256,
                         "round": self.round,
                         "queries": json.dumps({k: q.to_json() for k, q in self.queries.items()}),
+                        "secure": json.dumps(self.secure),
                     }
                 )
             }
@@ -44,7 +48,8 @@ class Request:
     def from_records(cls, content: RecordDict) -> Request:
         study = content.config_records["study"]
         queries = {k: Query.from_json(v) for k, v in json.loads(str(study["queries"])).items()}
-        return cls(str(study["protocol"]), str(study["sha256"]), int(study["round"]), queries)
+        secure = json.loads(str(study["secure"]))
+        return cls(str(study["protocol"]), str(study["sha256"]), int(study["round"]), queries, secure)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,12 @@ class Reply:
     """The site's metered usage of this study, from its audit log."""
     audit_head: str = ""
     """Hash of the last entry of the site's audit chain."""
+    offer: dict[str, str] = field(default_factory=dict)
+    """The site's signed key for the next masked round."""
+    masked: list[str] = field(default_factory=list)
+    """`analysis/key` names of contributions sent masked (fixed-point limbs), not in the clear."""
+    integers: list[str] = field(default_factory=list)
+    """`analysis/key` names of masked contributions that encode integers."""
     error: str = ""
     """Why the site answers nothing at all."""
 
@@ -77,6 +88,9 @@ class Reply:
                         "refusals": json.dumps(self.refusals),
                         "usage": json.dumps(self.usage),
                         "audit_head": self.audit_head,
+                        "offer": json.dumps(self.offer),
+                        "masked": json.dumps(self.masked),
+                        "integers": json.dumps(self.integers),
                         "error": self.error,
                     }
                 ),
@@ -98,5 +112,8 @@ class Reply:
             refusals=json.loads(str(site["refusals"])),
             usage=json.loads(str(site["usage"])),
             audit_head=str(site["audit_head"]),
+            offer=json.loads(str(site["offer"])),
+            masked=json.loads(str(site["masked"])),
+            integers=json.loads(str(site["integers"])),
             error=str(site["error"]),
         )

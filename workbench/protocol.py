@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analyses.registry import TYPES, AnySpec
@@ -65,13 +68,44 @@ class CohortSection(BaseModel):
     filters: list[Filter] = Field(default_factory=list)
 
 
+class PrivacySection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secure_aggregation: bool = True
+    """Sites mask every additive reply so the coordinator learns only cross-site sums."""
+
+
+class FederationSection(BaseModel):
+    """The study's sites and their pinned identity keys (OpenSSH `ssh-ed25519 …` lines)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sites: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("sites")
+    @classmethod
+    def _keys(cls, sites: dict[str, str]) -> dict[str, str]:
+        for site, line in sites.items():
+            try:
+                key = serialization.load_ssh_public_key(line.encode())
+            except (ValueError, UnsupportedAlgorithm):
+                raise ValueError(
+                    f"site '{site}': not an OpenSSH public key (workbench node identity prints it)"
+                ) from None
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"site '{site}': the identity key must be ssh-ed25519")
+        return sites
+
+
 class ProtocolModel(BaseModel):
-    """The whole protocol: `[study]`, `[cohort]` and one `[[analysis]]` block per analysis."""
+    """The whole protocol: `[study]`, `[cohort]`, `[privacy]`, `[federation]` and the `[[analysis]]` blocks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     study: StudySection
     cohort: CohortSection = CohortSection()
+    privacy: PrivacySection = PrivacySection()
+    federation: FederationSection = FederationSection()
     analysis: list[AnySpec] = Field(min_length=1)
 
     @field_validator("analysis")
@@ -166,7 +200,8 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
         where, fields = f"[cohort] filter #{int(loc[2]) + 1}", list(Filter.model_fields)
         loc = loc[3:]
     else:
-        section = {"study": StudySection, "cohort": CohortSection}.get(str(loc[0]))
+        section = {"study": StudySection, "cohort": CohortSection, "privacy": PrivacySection,
+                   "federation": FederationSection}.get(str(loc[0]))  # fmt: skip
         where, fields = f"[{loc[0]}]", list(section.model_fields) if section else []
         loc = loc[1:]
     field = ".".join(str(part) for part in loc)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from workbench.federation import Attempt
 from workbench.protocol import Protocol
 from workbench.server_app import StudyRun
 
@@ -31,15 +35,17 @@ def build(protocol: Protocol, run: StudyRun, engine: str) -> dict[str, Any]:
             for site, reply in sorted(run.sites.items())
         ],
         "refusals": run.refusals,
+        "secure_aggregation": run.aggregation,
         "rounds": run.rounds,
         "seconds": round(run.seconds, 3),
         "analyses": json_safe(run.analyses),
     }
 
 
-def write(results: dict[str, Any], out: Path) -> Path:
-    """Write `out/results.json` atomically (a reader never sees half a file)."""
+def write(results: dict[str, Any], out: Path, transcript: list[Attempt]) -> Path:
+    """Write the coordinator's transcript, then `out/results.json`, each atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    _write_transcript(transcript, out / "transcript")
     target = out / "results.json"
     handle, temporary = tempfile.mkstemp(dir=out, prefix=".results-", suffix=".json")
     try:
@@ -52,6 +58,34 @@ def write(results: dict[str, Any], out: Path) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def _write_transcript(transcript: list[Attempt], folder: Path) -> None:
+    """Everything the coordinator received, per round attempt and site, exactly as it arrived.
+
+    `index.json` lists attempts (tag, mode, sites, relayed key offers, failures) and per site the
+    arrays received; `received.npz` holds them under `<tag>/<site>/<analysis>/<key>`.
+    """
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".transcript-"))
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        index = []
+        for attempt in transcript:
+            received = {}
+            for site, named in attempt.received.items():
+                received[site] = {name: {"shape": list(v.shape), "dtype": str(v.dtype)} for name, v in named.items()}
+                arrays.update({f"{attempt.tag}/{site}/{name}": value for name, value in named.items()})
+            index.append({"tag": attempt.tag, "mode": attempt.mode, "sites": attempt.sites, "offers": attempt.offers,
+                          "failed": attempt.failed, "seconds": round(attempt.seconds, 4),
+                          "bytes_per_site": attempt.bytes_per_site, "received": received})  # fmt: skip
+        staging.chmod(0o755)
+        (staging / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        np.savez_compressed(staging / "received.npz", **arrays)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def failed(results: dict[str, Any]) -> dict[str, str]:

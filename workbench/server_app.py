@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from analyses import driver, registry
-from workbench.federation import FlowerExchange, wait_for_nodes
+from workbench.federation import Attempt, FlowerExchange, wait_for_nodes
 from workbench.messages import Reply
 from workbench.protocol import Protocol
 
@@ -22,6 +22,8 @@ class StudyRun:
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
     sites: dict[str, Reply] = field(default_factory=dict)
     refusals: list[dict[str, str]] = field(default_factory=list)
+    aggregation: dict[str, Any] = field(default_factory=dict)
+    transcript: list[Attempt] = field(default_factory=list)
     rounds: int = 0
     seconds: float = 0.0
 
@@ -44,6 +46,7 @@ def make_server_app(
         plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
         run.analyses = driver.run(plans, exchange, progress)
         run.sites, run.refusals = exchange.replies, exchange.refusals
+        run.aggregation, run.transcript = exchange.summary(), exchange.transcript
         run.rounds, run.seconds = exchange.rounds, time.perf_counter() - started
 
     return app

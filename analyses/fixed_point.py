@@ -1,0 +1,86 @@
+"""Exact sums of site contributions: 128-bit fixed-point integers with 64 fractional bits.
+
+Every value x a site contributes is encoded as round(x · 2⁶⁴), an integer modulo 2¹²⁸ held
+in two 64-bit limbs (two's complement for negative values). Sums of such integers are exact
+and independent of order; secure aggregation adds random masks in the same ring, and they
+cancel exactly. Decoding divides by 2⁶⁴ once.
+
+Range and resolution: a site's values must be finite with |x| < 2⁵³ (≈ 9.0e15); the
+resolution is 2⁻⁶⁴ (≈ 5.4e-20). Every float64 with |x| ≥ 2⁻¹¹ is encoded exactly (its last
+bit is coarser than 2⁻⁶⁴); smaller magnitudes are rounded by at most 2⁻⁶⁵. Sums of up to
+1,024 sites cannot overflow (2⁵³ · 2¹⁰ = 2⁶³).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+FRACTION_BITS = 64
+LIMIT = 2.0**53
+"""Largest magnitude (exclusive) a site may contribute."""
+MAX_SITES = 1024
+
+_ONE = np.uint64(1)
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+class OutOfRange(ValueError):
+    """A value cannot be encoded (not finite, or too large)."""
+
+
+def encode(values: np.ndarray) -> np.ndarray:
+    """round(values · 2⁶⁴) as limbs, shape values.shape + (2,) of uint64 (low, high)."""
+    x = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(x)):
+        raise OutOfRange("a value is not finite (NaN or infinite)")
+    if np.any(np.abs(x) >= LIMIT):
+        raise OutOfRange(f"a value of magnitude {np.max(np.abs(x)):.3g} is beyond the exact range ±2^53")
+    fraction, exponent = np.frexp(np.abs(x))
+    mantissa = (fraction * 2.0**53).astype(np.uint64)  # exact: |x| = mantissa · 2^(exponent − 53)
+    shift = exponent.astype(np.int64) + (FRACTION_BITS - 53)  # |x| · 2⁶⁴ = mantissa · 2^shift, shift ≤ 64
+    up = np.clip(shift, 0, 64)
+    low_up = np.where(up < 64, mantissa << np.minimum(up, 63).astype(np.uint64), 0)
+    high_up = np.where(up == 0, 0, np.where(up < 64, mantissa >> (64 - np.clip(up, 1, 63)).astype(np.uint64), mantissa))
+    down = np.clip(-shift, 1, 63).astype(np.uint64)
+    rounded = (mantissa + (_ONE << (down - _ONE))) >> down  # round half up
+    low = np.where(shift >= 0, low_up, np.where(-shift >= 54, 0, rounded)).astype(np.uint64)
+    high = np.where(shift >= 0, high_up, 0).astype(np.uint64)
+    limbs = np.stack([low, high], axis=-1)
+    return np.where((x < 0)[..., None], negate(limbs), limbs)
+
+
+def negate(limbs: np.ndarray) -> np.ndarray:
+    """−a modulo 2¹²⁸."""
+    low = ~limbs[..., 0] + _ONE
+    high = ~limbs[..., 1] + (low == 0).astype(np.uint64)
+    return np.stack([low, high], axis=-1)
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b modulo 2¹²⁸."""
+    low = a[..., 0] + b[..., 0]
+    carry = (low < a[..., 0]).astype(np.uint64)
+    return np.stack([low, a[..., 1] + b[..., 1] + carry], axis=-1)
+
+
+def total(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The sum of limb arrays modulo 2¹²⁸ (exact, so order does not matter)."""
+    result: np.ndarray | None = None
+    for part in parts:
+        result = part if result is None else add(result, part)
+    if result is None:
+        raise ValueError("nothing to add")
+    return result
+
+
+def decode(limbs: np.ndarray, integer: bool = False) -> np.ndarray:
+    """The signed value of limbs / 2⁶⁴, as float64 (or exact int64 for sums of integers)."""
+    negative = (limbs[..., 1] >> np.uint64(63)) == 1
+    magnitude = np.where(negative[..., None], negate(limbs), limbs)
+    if integer:
+        whole = magnitude[..., 1].astype(np.int64)
+        return np.where(negative, -whole, whole)
+    value = magnitude[..., 1].astype(float) + magnitude[..., 0].astype(float) * 2.0**-FRACTION_BITS
+    return np.where(negative, -value, value)
