@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hospital_node import approvals
-from hospital_node.handler import identity_line
+from hospital_node.gate import identity_line
 from hospital_node.site import open_site
 from workbench import protocol as protocols
 from workbench.datasets import actg175, partition

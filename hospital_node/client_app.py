@@ -7,12 +7,16 @@ site folders the launcher was given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from hospital_node import train_handler
+from hospital_node.gate import log_refusal
 from hospital_node.handler import answer
+from hospital_node.site import SiteError, open_site
 from workbench.messages import Request
 
 
@@ -21,15 +25,51 @@ def make_client_app(site_folders: Sequence[str] = ()) -> ClientApp:
     app = ClientApp()
     folders = list(site_folders)
 
+    def folder(context: Context) -> str:
+        config = context.node_config
+        return str(config["site"]) if "site" in config else folders[int(config["partition-id"])]
+
     @app.query()
     def query(message: Message, context: Context) -> Message:
-        config = context.node_config
-        folder = str(config["site"]) if "site" in config else folders[int(config["partition-id"])]
         keys = ContextKeys(context.state)
-        reply = answer(folder, Request.from_records(message.content), f"Flower run {message.metadata.run_id}", keys)
+        reply = answer(folder(context), Request.from_records(message.content), _requester(message), keys)
         return Message(reply.to_records(), reply_to=message)
 
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return _training(message, folder(context), train_handler.train)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return _training(message, folder(context), train_handler.evaluate)
+
     return app
+
+
+REFUSED = 4100
+"""Flower error code of a training or evaluation round a site refuses (the reason says why)."""
+
+
+def _training(message: Message, folder: str, work: Callable[[str, RecordDict, str], RecordDict]) -> Message:
+    """Run a training or evaluation round; a refusal goes back as a Flower error with its reason."""
+    try:
+        return Message(work(folder, message.content, _requester(message)), reply_to=message)
+    except train_handler.Refusals as refusal:
+        config = message.content.config_records["config"]
+        log_refusal(folder, str(config["sha256"]), str(config["protocol"]), int(config["server-round"]),
+                    str(refusal), analysis=str(config["training"]))  # fmt: skip
+        return Message(error=Error(code=REFUSED, reason=f"site {_site_id(folder)}: {refusal}"), reply_to=message)
+
+
+def _requester(message: Message) -> str:
+    return f"Flower run {message.metadata.run_id}"
+
+
+def _site_id(folder: str) -> str:
+    try:
+        return open_site(folder).id
+    except SiteError:
+        return Path(folder).name
 
 
 class ContextKeys:

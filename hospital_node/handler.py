@@ -8,11 +8,8 @@ pass. Every release and refusal is logged before the reply leaves.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import tomllib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,10 +17,11 @@ import pandas as pd
 from analyses import fixed_point, registry
 from analyses.contract import Contribution, DataError, Query
 from analyses.disclosure import Refused, release
-from hospital_node import approvals, masking, usage
+from hospital_node import masking, usage
 from hospital_node.audit import AuditLog
 from hospital_node.cohort import row_keys, select
-from hospital_node.identity import identity_key, public_line
+from hospital_node.gate import SiteRefusal, admit, digest, identity_line, items, log_refusal
+from hospital_node.identity import identity_key
 from hospital_node.ledger import Ledger
 from hospital_node.masking import KeyStore
 from hospital_node.site import Site, SiteError, load_table, open_site
@@ -33,30 +31,18 @@ from workbench.protocol import Protocol, ProtocolError
 log = logging.getLogger(__name__)
 
 
-class SiteRefusal(Exception):
-    """The site answers nothing for this request; the message says why and what to do."""
-
-
 def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore) -> Reply:
     """Every pending analysis' contribution (or refusal), or a reply that says why the site cannot answer.
 
     `keys` holds the private halves of the secure-aggregation keys this node offered.
     """
-    site_id, audit = Path(folder).name, None
     try:
-        site = open_site(folder)
-        site_id, audit = site.id, AuditLog(site.state)
-        _check_chain(audit)
-        audit.append(
-            "request",
-            protocol_sha256=request.protocol_sha256,
-            study=_study_id(request.protocol_text),
-            round=request.round,
-            requested_by=requester,
+        admitted = admit(
+            folder, request.protocol_sha256, request.protocol_text, request.round, requester,
             queries={analysis_id: query.phase for analysis_id, query in request.queries.items()},
             aggregation={key: value for key, value in request.secure.items() if key != "peers"},
-        )
-        protocol = _approved(site, audit, request)
+        )  # fmt: skip
+        site, audit, protocol = admitted.site, admitted.audit, admitted.protocol
         peers = _peers(site, protocol, request)
         private = None
         if peers:
@@ -77,7 +63,7 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
         for analysis_id, sent in contributions.items():  # logged (fsynced) before anything leaves
             audit.append("release", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                          round=request.round, analysis=analysis_id, phase=request.queries[analysis_id].phase,
-                         rows=rows, items=_items(sent), digest=_digest(sent),
+                         rows=rows, items=items(sent), digest=digest(sent),
                          masked=sorted(masked.get(analysis_id, {})))  # fmt: skip
         offer = {}
         if request.secure.get("mode") == "masked":
@@ -97,12 +83,12 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
             ],
         )
     except (SiteError, SiteRefusal, DataError, ProtocolError) as error:
-        _log_refusal(audit, request, str(error))
-        return Reply(site=site_id, error=str(error))
+        reason = str(error)
     except Exception as error:  # a node must answer, never crash; details stay in the node's log
-        log.exception("site %s: internal error", site_id)
-        _log_refusal(audit, request, f"internal error: {type(error).__name__}")
-        return Reply(site=site_id, error=f"internal error at the node ({type(error).__name__}: {error})")
+        log.exception("site %s: internal error", folder)
+        reason = f"internal error at the node ({type(error).__name__}: {error})"
+    log_refusal(folder, request.protocol_sha256, request.protocol_text, request.round, reason, analysis=None)
+    return Reply(site=_site_id(folder), error=reason)
 
 
 def _contributions(
@@ -200,59 +186,8 @@ def _contribution(
     return sent
 
 
-def _approved(site: Site, audit: AuditLog, request: Request) -> Protocol:
-    sha = request.protocol_sha256
-    if hashlib.sha256(request.protocol_text.encode("utf-8")).hexdigest() != sha:
-        raise SiteRefusal("the protocol text does not match its SHA-256; refusing")
-    if sha not in approvals.current(audit):
-        raise SiteRefusal(
-            f"protocol {sha[:12]} (study '{_study_id(request.protocol_text)}') is not approved at this site; "
-            "its data steward can review and approve it with: workbench node approve PROTOCOL --site SITE_FOLDER"
-        )
+def _site_id(folder: str | Path) -> str:
     try:
-        return approvals.approved_protocol(site, sha)
-    except (OSError, ValueError) as error:
-        raise SiteRefusal(f"the approved copy of protocol {sha[:12]} cannot be read ({error})") from None
-
-
-def _check_chain(audit: AuditLog) -> None:
-    """Refuse everything while the audit chain is broken."""
-    result = audit.verify()
-    if not result.ok:
-        raise SiteRefusal(f"the site's audit log is broken ({result.problem}); the node answers nothing until "
-                          "its data steward investigates (workbench node audit verify)")  # fmt: skip
-
-
-def _log_refusal(audit: AuditLog | None, request: Request, reason: str) -> None:
-    if audit is None:
-        return
-    try:
-        audit.append("refusal", protocol_sha256=request.protocol_sha256, study=_study_id(request.protocol_text),
-             round=request.round, analysis=None, reason=reason)  # fmt: skip
-    except OSError:
-        log.exception("cannot write the audit log")
-
-
-def identity_line(site: Site) -> str:
-    return public_line(identity_key(site))
-
-
-def _study_id(text: str) -> str:
-    try:
-        return str(tomllib.loads(text).get("study", {}).get("id", ""))
-    except tomllib.TOMLDecodeError:
-        return ""
-
-
-def _items(contribution: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    return [{"name": key, "shape": list(value.shape), "dtype": str(value.dtype)} for key, value in contribution.items()]
-
-
-def _digest(contribution: dict[str, np.ndarray]) -> str:
-    """SHA-256 over every released array's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(contribution):
-        value = np.ascontiguousarray(contribution[key])
-        digest.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
+        return open_site(folder).id
+    except SiteError:
+        return Path(folder).name

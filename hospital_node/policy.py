@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from analyses.disclosure import Limits
 from analyses.registry import TYPES
 
+TRAINING_TASKS = ("image_classification", "tabular_classification")
+
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,9 +33,10 @@ class Policy(BaseModel):
     @field_validator("allowed_analyses")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        unknown = [name for name in names if name not in TYPES]
+        known = [*TYPES, *TRAINING_TASKS]
+        unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(f"unknown analysis type '{unknown[0]}' (known: {', '.join(TYPES)})")
+            raise ValueError(f"unknown analysis type '{unknown[0]}' (known: {', '.join(known)})")
         return names
 
     @model_validator(mode="after")

@@ -9,7 +9,8 @@ from analyses import registry
 from analyses.disclosure import Control, Item
 from hospital_node import approvals, usage
 from hospital_node.audit import AuditLog
-from hospital_node.handler import identity_line
+from hospital_node.gate import identity_line
+from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
 from workbench.protocol import Protocol
 
@@ -113,3 +114,15 @@ def usage_text(site: Site) -> str:
         for u in studies.values()
     ]
     return "\n".join([f"{site.id}: usage from the audit log", header, *rows])
+
+
+def privacy_text(site: Site) -> str:
+    """The site's privacy ledger: ε spent per study and training, against its max_epsilon."""
+    trainings = PrivacyLedger(site.state).read()["trainings"]
+    total = sum(item["epsilon"] for item in trainings.values())
+    lines = [f"{site.id}: ε spent {total:.3f} of max_epsilon {site.policy.max_epsilon:g} (δ ≤ {site.policy.delta:g})"]
+    for key, item in trainings.items():
+        sha, training = key.split("/", 1)
+        lines.append(f"  {item['study']:<24} {sha[:12]}  {training:<16} ε {item['epsilon']:.3f} at δ {item['delta']:g}, "
+                     f"rounds {item['rounds']}")  # fmt: skip
+    return "\n".join(lines)

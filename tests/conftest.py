@@ -13,7 +13,8 @@ from analyses import driver, registry
 from analyses.driver import run_in_memory
 from analyses.registry import AnySpec
 from hospital_node import approvals
-from hospital_node.handler import answer, identity_line
+from hospital_node.gate import identity_line
+from hospital_node.handler import answer
 from hospital_node.site import open_site
 from workbench.datasets import gbsg2_sites, lung_institutions
 from workbench.federation import SiteExchange

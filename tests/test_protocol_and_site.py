@@ -65,7 +65,7 @@ def test_the_contract_protocol_is_accepted_as_written_and_hashed():
         (("ties = \"efron\"", "ties = \"exact\""), "analysis #4 (id 'cox'): field 'ties': Input should be 'efron' or 'breslow'"),
         (("covariates = [\"age\", \"sex\", \"ph.ecog\"]", "covariats = [\"age\"]"),
          "analysis #4 (id 'cox'): unknown field 'covariats' (did you mean 'covariates'?)"),
-        (("id = \"logit\"", "id = \"cox\""), "analysis id 'cox' is used twice; give each analysis its own id"),
+        (("id = \"logit\"", "id = \"cox\""), "id 'cox' is used twice; give each analysis and training its own id"),
         (("[cohort]", "[cohrt]"), "unknown section [cohrt] (did you mean 'cohort'?)"),
         (("type = \"logrank\"", "type = \"log-rank\""), "analysis #3 (id 'logrank_sex'): unknown type 'log-rank' (did you mean 'logrank'?)"),
         (("table = \"patients\"", "table = \"../../etc/passwd\""), "[cohort]: field 'table': String should match pattern"),

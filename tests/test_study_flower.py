@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
 from statsmodels.duration.hazard_regression import PHReg
@@ -20,6 +21,7 @@ from analyses.disclosure import Limits
 from analyses.driver import in_memory, run
 from hospital_node.cohort import select
 from workbench import demo as demo_module
+from workbench import models
 from workbench import protocol as protocol_module
 from workbench.datasets import lung_hospitals
 from workbench.results import json_safe
@@ -69,6 +71,23 @@ def test_demo_writes_the_results_contract(demo):
     assert results["rounds"] <= 8  # independent analyses share rounds: longest Newton loop + 2
 
 
+def test_demo_trains_both_models_with_dp_through_flower(demo):
+    out, results = demo
+    lesion, death = results["training"]["lesion"], results["training"]["death"]
+    assert [r["round"] for r in lesion["rounds"]] == [1, 2, 3] and lesion["refusals"] == []
+    assert set(lesion["epsilon"]) == {f"hospital-{k}" for k in range(1, 6)}
+    assert all(3.9 < eps <= 4.0 for eps in lesion["epsilon"].values())  # each site spends exactly its target
+    assert all(2.9 < eps <= 3.0 for eps in death["epsilon"].values())
+    assert lesion["skipped_images"]["hospital-2"] == {"truncated pixel data": 1}
+    assert 0.5 <= lesion["final_metrics"]["auc"] <= 1.0
+    for training_id, architecture, features in (("lesion", "cnn", 0), ("death", "logistic", 5)):
+        state = torch.load(out / "models" / training_id / "final.pt")
+        models.build(architecture, features).load_state_dict(state)  # the model's own names, no Opacus prefixes
+        assert (out / "models" / training_id / "model_card.md").read_text().startswith(f"# Model card: {training_id}")
+    privacy = workbench("node", "privacy", "--site", out / "sites" / "hospital-1")
+    assert "hospital-1: ε spent 6.9" in privacy.stdout and "of max_epsilon 8" in privacy.stdout
+
+
 def _demo_frames() -> dict[str, pd.DataFrame]:
     """The demo hospitals' cohorts: the demo protocol's filters applied to each site's rows."""
     filters = protocol_module.parse(demo_module.protocol_text()).model.cohort.filters
@@ -114,8 +133,12 @@ def test_site_order_does_not_change_a_single_bit(demo, tmp_path):
     sites = sorted((out / "sites").iterdir(), reverse=True)
     done = workbench("run", out / "protocol.toml", *[arg for site in sites for arg in ("--site", site)],
                      "--out", tmp_path / "reversed", "--quiet")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "reversed" / "results.json").read_text())["analyses"] == results["analyses"]
+    rerun = json.loads((tmp_path / "reversed" / "results.json").read_text())
+    assert rerun["analyses"] == results["analyses"]
+    # The models were trained already: each site's ledger remembers, so the same training is not paid twice.
+    assert done.returncode == 1
+    for training in rerun["training"].values():
+        assert "would bring the training's ε to" in training["error"] and "budget for it is spent" in training["error"]
 
 
 def _assert_refused(done: subprocess.CompletedProcess[str], out: Path, *needles: str) -> str:
@@ -154,7 +177,7 @@ def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_
         "site hospital-2: patients.csv has no rows",
         "site hospital-3: patients.csv: ",
         "column 'age' mixes numbers and text ('sixty' at line 5)",
-        "site hospital-4: patients.csv is not a well-formed CSV file (Expected 9 fields in line 7, saw 11)",
+        "site hospital-4: patients.csv is not a well-formed CSV file (Expected 10 fields in line 7, saw 12)",
     )
 
 

@@ -62,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     identity = steps.add_parser(
         "identity", help="print the site's identity key line for a protocol's [federation.sites]"
     )
+    privacy = steps.add_parser("privacy", help="the differential-privacy budget spent per study, from the ledger")
     audit = steps.add_parser("audit", help="the tamper-evident audit log")
     audit_steps = audit.add_subparsers(required=True, metavar="ACTION")
     verify = audit_steps.add_parser("verify", help="recompute the hash chain; exit code 1 if it is broken")
     for command, handler in ((approve, nodes.approve), (revoke, nodes.revoke), (approvals_list, nodes.approvals),
-                             (usage, nodes.usage), (verify, nodes.verify), (identity, nodes.identity)):  # fmt: skip
+                             (usage, nodes.usage), (verify, nodes.verify), (identity, nodes.identity),
+                             (privacy, nodes.privacy)):  # fmt: skip
         command.add_argument("--site", type=Path, required=True, metavar="DIR", help="the site folder")
         command.add_argument("--by", default=getpass.getuser(), help="who acts (recorded in the audit log)")
         command.set_defaults(command=handler)
@@ -103,9 +105,9 @@ def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: 
     from workbench.simulation import simulate  # Flower and Ray load only when a study runs
 
     started = time.perf_counter()
-    run = simulate(study, sites, progress=None if quiet else _progress(started))
+    run = simulate(study, sites, None if quiet else _progress(started), None if quiet else _training_progress(started))
     document = results.build(study, run, engine="flower-simulation")
-    path = results.write(document, out, run.transcript)
+    path = results.write(document, out, run)
     if not quiet:
         print(report.render(document))
         print(f"\nresults: {path}", file=sys.stderr)
@@ -122,6 +124,15 @@ def _progress(started: float):  # noqa: ANN202
             phases.setdefault(query.phase, []).append(analysis_id)
         summary = " | ".join(f"{phase}: {', '.join(ids)}" for phase, ids in phases.items())
         print(f"[{time.perf_counter() - started:6.1f}s] round {round_number:2d}  {summary}", file=sys.stderr)
+
+    return show
+
+
+def _training_progress(started: float):  # noqa: ANN202
+    def show(training_id: str, round_number: int, rounds: int, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
+        print(f"[{time.perf_counter() - started:6.1f}s] training {training_id}: round {round_number}/{rounds}  {shown}",
+              file=sys.stderr)  # fmt: skip
 
     return show
 

@@ -7,8 +7,9 @@ from importlib import resources
 from pathlib import Path
 
 from hospital_node import approvals
-from hospital_node.handler import identity_line
+from hospital_node.gate import identity_line
 from hospital_node.site import open_site
+from workbench import synthetic_imaging
 from workbench.datasets import lung_hospitals
 from workbench.protocol import Protocol
 
@@ -32,25 +33,35 @@ min_cell_count = 5
 # survival curve, so this demo hospital accepts single patients per time cell (weekly grid).
 # That is a data steward's decision, shown at approval; the default is min_cell_count.
 min_time_cell_count = 1
+row_id = "patient_id"
 """
 
 
 def build_sites(folder: Path) -> list[Path]:
-    """One fresh site folder per hospital (site.toml with a policy, patients.csv) under `folder`."""
+    """One fresh site folder per hospital under `folder`: site.toml with a policy, patients.csv
+    (with a pseudonymous patient_id), and a synthetic MR slice per patient (images/, images.csv)."""
     sites = []
-    for site_id, (institutions, rows) in lung_hospitals().items():
+    for number, (site_id, (institutions, rows)) in enumerate(lung_hospitals().items()):
         site = folder / site_id
         shutil.rmtree(site, ignore_errors=True)
         site.mkdir(parents=True)
-        number = site_id.rsplit("-", 1)[1]
         members = ", ".join(map(str, institutions))
         (site / "site.toml").write_text(
-            f'[site]\nid = "{site_id}"\nname = "Hospital {number} (NCCTG institutions {members})"\n{POLICY}',
+            f'[site]\nid = "{site_id}"\nname = "Hospital {number + 1} (NCCTG institutions {members})"\n{POLICY}',
             encoding="utf-8",
         )
+        rows = rows.assign(patient_id=[f"H{number + 1}-{k:04d}" for k in range(len(rows))])
         rows.to_csv(site / "patients.csv", index=False)
+        synthetic_imaging.write_site(site, site_id, rows["patient_id"], synthetic_imaging.SCANNERS[number])
+        if number == 1:  # one damaged file, as real archives have: it is skipped and counted
+            _truncate(site / "images" / f"{rows['patient_id'].iloc[0]}.dcm")
         sites.append(site)
     return sites
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
 
 
 def approve(sites: list[Path], protocol: Protocol) -> None:

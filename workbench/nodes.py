@@ -9,7 +9,7 @@ from pathlib import Path
 from hospital_node import approvals as approval_store
 from hospital_node import steward
 from hospital_node.audit import AuditLog
-from hospital_node.handler import identity_line
+from hospital_node.gate import identity_line
 from hospital_node.site import Site, SiteError, open_site
 from workbench import protocol
 from workbench.errors import UserError
@@ -59,6 +59,11 @@ def verify(args: argparse.Namespace) -> int:
 
 def usage(args: argparse.Namespace) -> int:
     print(steward.usage_text(_site(args.site)))
+    return 0
+
+
+def privacy(args: argparse.Namespace) -> int:
+    print(steward.privacy_text(_site(args.site)))
     return 0
 
 

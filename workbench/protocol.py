@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analyses.describe import DescribeSpec
 from analyses.registry import TYPES, AnySpec
 from analyses.spec import Spec
 from workbench.errors import UserError
+from workbench.training_spec import TrainingPrivacy, TrainingSpec
 
 
 class ProtocolError(UserError):
@@ -106,17 +108,19 @@ class ProtocolModel(BaseModel):
     cohort: CohortSection = CohortSection()
     privacy: PrivacySection = PrivacySection()
     federation: FederationSection = FederationSection()
-    analysis: list[AnySpec] = Field(min_length=1)
+    analysis: list[AnySpec] = Field(default_factory=list)
+    training: list[TrainingSpec] = Field(default_factory=list)
 
-    @field_validator("analysis")
-    @classmethod
-    def _unique_ids(cls, analyses: list[Spec]) -> list[Spec]:
-        seen: set[str] = set()
-        for spec in analyses:
-            if spec.id in seen:
-                raise ValueError(f"analysis id '{spec.id}' is used twice; give each analysis its own id")
-            seen.add(spec.id)
-        return analyses
+    @model_validator(mode="after")
+    def _something_to_do(self) -> ProtocolModel:
+        if not self.analysis and not self.training:
+            raise ValueError("the protocol has no [[analysis]] and no [[training]] block")
+        ids = [block.id for block in [*self.analysis, *self.training]]
+        ids += [t.scaling_id for t in self.training if t.task == "tabular_classification"]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"id '{repeated[0]}' is used twice; give each analysis and training its own id")
+        return self
 
 
 @dataclass(frozen=True)
@@ -130,11 +134,27 @@ class Protocol:
 
     @property
     def analyses(self) -> dict[str, Spec]:
-        return {spec.id: spec for spec in self.model.analysis}
+        """The analysis blocks, and for each table training the describe of its features (for scaling)."""
+        specs: dict[str, Spec] = {spec.id: spec for spec in self.model.analysis}
+        for training in self.model.training:
+            if training.task == "tabular_classification":
+                specs[training.scaling_id] = DescribeSpec(
+                    id=training.scaling_id, type="describe", variables=training.features
+                )
+        return specs
+
+    @property
+    def trainings(self) -> dict[str, TrainingSpec]:
+        return {spec.id: spec for spec in self.model.training}
+
+    @property
+    def cohort_columns(self) -> list[str]:
+        """Columns the cohort filters read."""
+        return [condition.column for condition in self.model.cohort.filters]
 
     def variables(self, spec: Spec) -> list[str]:
         """Columns an analysis reads, its cohort filters' columns included."""
-        return list(dict.fromkeys([*spec.columns(), *(f.column for f in self.model.cohort.filters)]))
+        return list(dict.fromkeys([*spec.columns(), *self.cohort_columns]))
 
 
 def load(path: str | Path) -> Protocol:
@@ -181,18 +201,24 @@ def _check_types(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _where(number: int, block: dict[str, Any]) -> str:
-    return f"analysis #{number}" + (f" (id '{block['id']}')" if isinstance(block.get("id"), str) else "")
+def _where(number: int, block: Any, kind: str = "analysis") -> str:
+    named = isinstance(block, dict) and isinstance(block.get("id"), str)
+    return f"{kind} #{number}" + (f" (id '{block['id']}')" if named else "")
 
 
 def _describe(error: Any, data: dict[str, Any]) -> str:
     """One pydantic error as 'where: what'."""
     loc = list(error["loc"])
+    if not loc:
+        return str(error["msg"]).removeprefix("Value error, ")
     if len(loc) == 1 and error["type"] in ("missing", "extra_forbidden"):
         if error["type"] == "missing":
             return f"missing section [{loc[0]}]"
         return f"unknown section [{loc[0]}]" + _suggest(str(loc[0]), list(ProtocolModel.model_fields))
-    if loc[0] == "analysis" and len(loc) > 1 and isinstance(loc[1], int):
+    if loc[0] == "training" and len(loc) > 1 and isinstance(loc[1], int):
+        where, loc = _where(loc[1] + 1, data["training"][loc[1]], "training"), loc[2:]
+        fields = list((TrainingPrivacy if loc[:1] == ["privacy"] else TrainingSpec).model_fields)
+    elif loc[0] == "analysis" and len(loc) > 1 and isinstance(loc[1], int):
         block = data["analysis"][loc[1]]
         where, fields = _where(loc[1] + 1, block), list(TYPES[block["type"]].spec.model_fields)
         loc = loc[3:]  # drop "analysis", the index and the discriminator tag
@@ -206,7 +232,7 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
         loc = loc[1:]
     field = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown field '{field}'" + _suggest(field, fields)
+        return f"{where}: unknown field '{field}'" + _suggest(str(loc[-1]), fields)
     if error["type"] == "missing":
         return f"{where}: missing required field '{field}'"
     message = error["msg"].removeprefix("Value error, ")
@@ -222,6 +248,9 @@ def _problems(error: ValidationError, data: dict[str, Any]) -> list[str]:
     """Readable problems, without 'missing x' where an unknown field already suggests 'x'."""
     problems = [_describe(e, data) for e in error.errors()]
     suggested = {(p.split(":")[0], p.split("did you mean ")[1].split("'")[1]) for p in problems if "did you mean" in p}
-    return [
-        p for p in problems if not any(p == f"{where}: missing required field '{name}'" for where, name in suggested)
-    ]
+
+    def redundant(problem: str) -> bool:
+        where, _, rest = problem.partition(": missing required field '")
+        return bool(rest) and (where, rest.rstrip("'").split(".")[-1]) in suggested
+
+    return [p for p in problems if not redundant(p)]

@@ -26,7 +26,31 @@ def render(results: dict[str, Any]) -> str:
             f"== {analysis_id} ({result['type']}, n = {result['n']}, dropped for missing values = {result['n_dropped']})"
         )
         parts.append(_RENDERERS[result["type"]](result))
+    for training_id, summary in results.get("training", {}).items():
+        parts += ["", _training(training_id, summary)]
     return "\n".join(parts)
+
+
+def _training(training_id: str, summary: dict[str, Any]) -> str:
+    if "error" in summary:
+        return f"== training {training_id}: FAILED: {summary['error']}"
+    rows = {
+        f"round {r['round']}": {**r["evaluate"]["weighted"], "sites trained": len(r["train"]["sites"])}
+        for r in summary["rounds"]
+    }
+    epsilon = ", ".join(f"{site} {value:.2f}" for site, value in summary["epsilon"].items())
+    lines = [
+        f"== training {training_id} ({summary['task']}, {summary['model']}, {summary['strategy']}; "
+        f"held-out metrics weighted over sites)",
+        _table(rows),
+        f"DP-SGD ε spent per site (target {summary['target_epsilon']:g}, δ = {summary['delta']:g}): {epsilon}",
+        f"model: {summary['model_path']} (best round {summary['best_round']}: {summary['best_model_path']})",
+    ]
+    skipped = {site: reasons for site, reasons in summary["skipped_images"].items() if reasons}
+    for site, reasons in skipped.items():
+        lines.append(f"{site} skipped " + ", ".join(f"{n} image(s): {reason}" for reason, n in reasons.items()))
+    lines += [f"refused: {r['reason']} (round {r['round']}, {r['phase']})" for r in summary["refusals"]]
+    return "\n".join(lines)
 
 
 def _table(rows: dict[str, dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench import model_card
 from workbench.federation import Attempt
 from workbench.protocol import Protocol
 from workbench.server_app import StudyRun
@@ -39,13 +40,17 @@ def build(protocol: Protocol, run: StudyRun, engine: str) -> dict[str, Any]:
         "rounds": run.rounds,
         "seconds": round(run.seconds, 3),
         "analyses": json_safe(run.analyses),
+        "training": json_safe({key: record.summary() for key, record in run.training.items()}),
     }
 
 
-def write(results: dict[str, Any], out: Path, transcript: list[Attempt]) -> Path:
-    """Write the coordinator's transcript, then `out/results.json`, each atomically."""
+def write(results: dict[str, Any], out: Path, run: StudyRun) -> Path:
+    """Write the coordinator's transcript, the trained models, then `out/results.json`, each atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_transcript(transcript, out / "transcript")
+    _write_transcript(run.transcript, out / "transcript")
+    for training_id, record in run.training.items():
+        if record.final:
+            model_card.write(out / "models" / training_id, record, results)
     target = out / "results.json"
     handle, temporary = tempfile.mkstemp(dir=out, prefix=".results-", suffix=".json")
     try:
@@ -89,8 +94,9 @@ def _write_transcript(transcript: list[Attempt], folder: Path) -> None:
 
 
 def failed(results: dict[str, Any]) -> dict[str, str]:
-    """Analysis id → error, for the analyses that could not be computed."""
-    return {key: value["error"] for key, value in results["analyses"].items() if "error" in value}
+    """Analysis or training id → error, for those that could not be computed."""
+    blocks = {**results["analyses"], **results["training"]}
+    return {key: value["error"] for key, value in blocks.items() if "error" in value}
 
 
 def json_safe(value: Any) -> Any:

@@ -10,9 +10,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from analyses import driver, registry
+from workbench import training
 from workbench.federation import Attempt, FlowerExchange, wait_for_nodes
 from workbench.messages import Reply
 from workbench.protocol import Protocol
+from workbench.training import TrainingRun
 
 
 @dataclass
@@ -24,6 +26,7 @@ class StudyRun:
     refusals: list[dict[str, str]] = field(default_factory=list)
     aggregation: dict[str, Any] = field(default_factory=dict)
     transcript: list[Attempt] = field(default_factory=list)
+    training: dict[str, TrainingRun] = field(default_factory=dict)
     rounds: int = 0
     seconds: float = 0.0
 
@@ -33,9 +36,13 @@ def make_server_app(
     sites: int,
     run: StudyRun,
     progress: driver.Progress | None = None,
+    training_progress: training.Progress | None = None,
     timeout: float = 600.0,
 ) -> ServerApp:
-    """A ServerApp that runs `protocol` once `sites` nodes are connected, filling `run`."""
+    """A ServerApp that runs `protocol` once `sites` nodes are connected, filling `run`.
+
+    The statistics come first (independent analyses sharing rounds), then each training block.
+    """
     app = ServerApp()
 
     @app.main()
@@ -47,6 +54,10 @@ def make_server_app(
         run.analyses = driver.run(plans, exchange, progress)
         run.sites, run.refusals = exchange.replies, exchange.refusals
         run.aggregation, run.transcript = exchange.summary(), exchange.transcript
-        run.rounds, run.seconds = exchange.rounds, time.perf_counter() - started
+        run.rounds = exchange.rounds
+        for spec in protocol.model.training:
+            scaling = run.analyses.get(spec.scaling_id)
+            run.training[spec.id] = training.run(grid, len(nodes), protocol, spec, scaling, training_progress)
+        run.seconds = time.perf_counter() - started
 
     return app

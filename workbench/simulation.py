@@ -13,12 +13,18 @@ from flwr.simulation import run_simulation
 
 from analyses.driver import Progress
 from hospital_node.client_app import make_client_app
+from workbench import training
 from workbench.errors import UserError
 from workbench.protocol import Protocol
 from workbench.server_app import StudyRun, make_server_app
 
 
-def simulate(protocol: Protocol, site_folders: Sequence[str | Path], progress: Progress | None = None) -> StudyRun:
+def simulate(
+    protocol: Protocol,
+    site_folders: Sequence[str | Path],
+    progress: Progress | None = None,
+    training_progress: training.Progress | None = None,
+) -> StudyRun:
     """Run `protocol` with one node per site folder; raises StudyError if a site refuses or fails."""
     folders = [str(Path(folder).resolve()) for folder in site_folders]
     if not folders:
@@ -29,7 +35,7 @@ def simulate(protocol: Protocol, site_folders: Sequence[str | Path], progress: P
     if len(set(folders)) != len(folders):
         raise UserError("the same site folder is given twice")
     run = StudyRun()
-    server = make_server_app(protocol, len(folders), run, progress)
+    server = make_server_app(protocol, len(folders), run, progress, training_progress)
     with _quiet():
         run_simulation(
             server_app=server,

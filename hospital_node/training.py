@@ -1,0 +1,136 @@
+"""Local training at a site with sample-level differential privacy (Opacus DP-SGD).
+
+Each round: load the global weights, train `local_epochs` with Poisson-sampled batches,
+per-sample gradients clipped to `max_grad_norm` and Gaussian noise whose multiplier is chosen
+so that all the training's rounds together reach the study's target ε at the site. FedProx's
+proximal pull towards the global weights is applied as a separate, data-independent step (so it
+costs no privacy). Weights go back without Opacus' `_module.` prefixes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from scipy import stats
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from analyses import columns as col
+from analyses.disclosure import Refused
+from hospital_node import imaging
+from hospital_node.cohort import select
+from hospital_node.privacy_ledger import History, epsilon
+from hospital_node.site import Site, load_table
+from workbench.protocol import Protocol
+from workbench.training_spec import TrainingSpec
+
+
+@dataclass
+class LocalData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Image task: unusable files by reason."""
+
+
+def device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def local_data(site: Site, protocol: Protocol, spec: TrainingSpec, mean: list[float], sd: list[float]) -> LocalData:
+    """The site's rows for this training, split (always the same way) into training and validation."""
+    skipped: dict[str, int] = {}
+    if spec.task == "image_classification":
+        found = imaging.load(site.path, spec.images or "", spec.labels or "", spec.image_size)
+        skipped = found.skipped
+        unusable = sum(skipped.values())
+        if found.listed and unusable / found.listed > spec.max_unreadable:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+            raise Refused(f"{unusable} of {found.listed} labelled images cannot be used ({reasons}); "
+                          f"more than max_unreadable = {spec.max_unreadable:g}")  # fmt: skip
+        x, y = found.images, found.labels
+    else:
+        cohort = select(load_table(site, protocol.model.cohort.table), protocol.model.cohort.filters)
+        rows = col.complete_cases(cohort, spec.columns())
+        y = col.events(rows, spec.outcome or "").astype(np.int64)
+        x = np.stack([col.numeric(rows, name) for name in spec.features], axis=1)
+        x = ((x - np.asarray(mean)) / np.asarray(sd)).astype(np.float32)
+    if len(y) < 2:
+        raise Refused(f"only {len(y)} usable rows; training needs at least 2")
+    order = np.random.default_rng(spec.seed).permutation(len(y))
+    held_out = max(1, int(round(spec.validation_fraction * len(y))))
+    val, train = order[:held_out], order[held_out:]
+    tensor = torch.from_numpy
+    return LocalData(tensor(x[train]), tensor(y[train]), tensor(x[val]), tensor(y[val]), skipped)
+
+
+def noise_multiplier(spec: TrainingSpec, rows: int) -> tuple[float, float, int]:
+    """Noise multiplier, sampling rate and steps per round that reach the target ε after all rounds."""
+    batches = math.ceil(rows / spec.batch_size)  # Opacus samples each row with rate 1 / batches per step
+    rate, steps = 1.0 / batches, spec.local_epochs * batches
+    target, delta = spec.privacy.target_epsilon, spec.privacy.delta
+    sigma = float(get_noise_multiplier(target_epsilon=target, target_delta=delta, sample_rate=rate,
+                                       steps=steps * spec.rounds, accountant="rdp"))  # fmt: skip
+    while epsilon([(sigma, rate, steps * spec.rounds)], delta) > target:  # Opacus' search stops within a tolerance
+        sigma *= 1.01
+    return sigma, rate, steps
+
+
+def train_round(
+    model: nn.Module, data: LocalData, spec: TrainingSpec, sigma: float, proximal_mu: float
+) -> tuple[dict[str, torch.Tensor], History, float]:
+    """One round of DP-SGD; the new weights, this round's privacy history and the mean training loss."""
+    target = device()
+    model.to(target).train()
+    anchor = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.learning_rate)
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=spec.batch_size)
+    engine = PrivacyEngine(accountant="rdp")
+    private, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+        max_grad_norm=spec.privacy.max_grad_norm, poisson_sampling=True,
+    )  # fmt: skip
+    criterion = nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(spec.local_epochs):
+        for inputs, labels in loader:
+            optimizer.zero_grad()
+            outputs = private(inputs.to(target))
+            # An empty Poisson batch still takes a (noise-only) step, so the accounting holds.
+            loss = criterion(outputs, labels.to(target)) if len(labels) else outputs.sum() * 0.0
+            loss.backward()
+            optimizer.step()
+            if len(labels):
+                losses.append(loss.item())
+            if proximal_mu:
+                with torch.no_grad():
+                    for weight, start in zip(model.parameters(), anchor, strict=True):
+                        weight -= spec.learning_rate * proximal_mu * (weight - start.to(target))
+    history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+    state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+    return state, history, float(np.mean(losses)) if losses else float("nan")
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Loss, accuracy and ROC AUC (NaN unless both classes are present) of the model on (x, y)."""
+    target = device()
+    model.to(target).eval()
+    with torch.no_grad():
+        logits = model(x.to(target)).cpu()
+    loss = float(nn.functional.cross_entropy(logits, y))
+    score = torch.softmax(logits, dim=1)[:, 1].numpy()
+    labels = y.numpy()
+    metrics = {"loss": loss, "accuracy": float((logits.argmax(dim=1) == y).float().mean()), "auc": float("nan")}
+    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
+    if positives and negatives:
+        ranks = stats.rankdata(score)
+        metrics["auc"] = float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return metrics

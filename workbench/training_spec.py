@@ -1,0 +1,77 @@
+"""The `[[training]]` blocks of a protocol: federated model training with differential privacy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IMAGE_MODELS = ("cnn", "densenet_small", "densenet121")
+TABLE_MODELS = ("logistic", "mlp")
+
+
+class TrainingPrivacy(BaseModel):
+    """Sample-level DP-SGD (Opacus) per site, accounted over the whole training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_epsilon: float = Field(gt=0, description="per site, for all rounds of this training")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
+
+
+class TrainingSpec(BaseModel):
+    """One federated training: a model, its data at each site, rounds, strategy and privacy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    task: Literal["image_classification", "tabular_classification"]
+    model: str | None = Field(
+        None, description="image: cnn (default), densenet_small, densenet121; table: logistic (default), mlp"
+    )
+    images: str | None = Field(None, description="image task: folder of DICOM files in each site")
+    labels: str | None = Field(None, description="image task: CSV with file or sop_instance_uid, and label (0/1)")
+    image_size: tuple[int, int] = (64, 64)
+    outcome: str | None = Field(None, description="table task: 0/1 column of the cohort table")
+    features: list[str] = Field(default_factory=list, description="table task: numeric columns")
+    rounds: int = Field(5, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(64, ge=1, description="DP-SGD amortizes clipping and noise over larger batches")
+    learning_rate: float = Field(0.1, gt=0)
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.1, ge=0, description="FedProx: weight of the proximal term")
+    server_learning_rate: float = Field(0.1, gt=0, description="FedAdam: server step size")
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of each site's rows held out for evaluation")
+    max_unreadable: float = Field(
+        0.2, ge=0, lt=1, description="image task: refuse if more files than this cannot be read"
+    )
+    seed: int = 0
+    privacy: TrainingPrivacy
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> TrainingSpec:
+        if self.task == "image_classification":
+            if not self.images or not self.labels:
+                raise ValueError("an image_classification needs 'images' (a folder) and 'labels' (a CSV file)")
+            if self.model not in (None, *IMAGE_MODELS):
+                raise ValueError(f"model '{self.model}' is not an image model ({', '.join(IMAGE_MODELS)})")
+        else:
+            if not self.outcome or not self.features:
+                raise ValueError("a tabular_classification needs 'outcome' and 'features'")
+            if self.model not in (None, *TABLE_MODELS):
+                raise ValueError(f"model '{self.model}' is not a table model ({', '.join(TABLE_MODELS)})")
+        return self
+
+    @property
+    def architecture(self) -> str:
+        return self.model or ("cnn" if self.task == "image_classification" else "logistic")
+
+    @property
+    def scaling_id(self) -> str:
+        """Id of the implicit describe analysis that gives a table training its features' pooled mean and sd."""
+        return f"{self.id}.features"
+
+    def columns(self) -> list[str]:
+        """Cohort columns this training reads (none for images: they come with their labels file)."""
+        return [self.outcome, *self.features] if self.task == "tabular_classification" else []
