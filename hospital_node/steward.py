@@ -12,7 +12,9 @@ from hospital_node.audit import AuditLog
 from hospital_node.gate import identity_line
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
+from workbench import models
 from workbench.protocol import Protocol
+from workbench.training_spec import TrainingSpec
 
 
 def preview(site: Site, protocol: Protocol) -> str:
@@ -28,14 +30,31 @@ def preview(site: Site, protocol: Protocol) -> str:
         f"analyses: {', '.join(policy.allowed_analyses) or 'all'}; variables: {', '.join(policy.allowed_variables) or 'all'}",
     ]
     lines += _aggregation(site, protocol)
-    for spec in protocol.model.analysis:
+    for spec in protocol.analyses.values():
         lines.append("")
         lines.append(f"Analysis '{spec.id}' ({spec.type}) reads: {', '.join(protocol.variables(spec))}")  # type: ignore[attr-defined]
         for item in registry.manifest(spec):
             lines.append(f"  {item.phase:<9} {item.key:<18} {item.shape:<28} {item.meaning}")
             lines.append(f"  {'':<9} {'':<18} {_rule(item, site):<28}")
+    for training in protocol.model.training:
+        lines += ["", *_training(site, training)]
     lines += ["", "Nothing else leaves the site: no rows, no identifiers, no images."]
     return "\n".join(lines)
+
+
+def _training(site: Site, spec: TrainingSpec) -> list[str]:
+    weights = sum(p.numel() for p in models.build(spec.architecture, len(spec.features)).parameters())
+    reads = (f"the DICOM files in '{spec.images}' (pixel data and geometry only) labelled by '{spec.labels}'"
+             if spec.task == "image_classification" else f"columns {', '.join(spec.columns())}")  # fmt: skip
+    privacy = spec.privacy
+    return [
+        f"Training '{spec.id}' ({spec.task}, model {spec.architecture}, {spec.rounds} rounds, {spec.strategy}) reads {reads}",
+        f"  each round sends: the model's {weights:,} weights ({weights * 4:,} bytes) after local DP-SGD, the number "
+        "of training rows, the training loss and the ε spent so far",
+        "  each evaluation sends: held-out loss, accuracy, AUC and the number of held-out rows (refused below the minimum count)",
+        f"  privacy: DP-SGD (Opacus), target ε = {privacy.target_epsilon:g} for the whole training at δ = {privacy.delta:g}, "
+        f"clipping norm {privacy.max_grad_norm:g}; this site's budget: max_epsilon {site.policy.max_epsilon:g}",
+    ]
 
 
 def conflicts(site: Site, protocol: Protocol) -> list[str]:
@@ -45,6 +64,16 @@ def conflicts(site: Site, protocol: Protocol) -> list[str]:
         for spec in protocol.model.analysis
         for problem in site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
     ]
+    for training in protocol.model.training:
+        problems += [f"training '{training.id}': {problem}"
+                     for problem in site.policy.conflicts(training.task, [*training.columns(), *protocol.cohort_columns])]  # fmt: skip
+        if training.privacy.delta > site.policy.delta:
+            problems.append(
+                f"training '{training.id}': δ = {training.privacy.delta:g} is above the site's δ = {site.policy.delta:g}"
+            )
+        if training.privacy.target_epsilon > site.policy.max_epsilon:
+            problems.append(f"training '{training.id}': target ε = {training.privacy.target_epsilon:g} is above the site's "
+                            f"max_epsilon = {site.policy.max_epsilon:g}")  # fmt: skip
     if not protocol.model.privacy.secure_aggregation and not site.policy.clear_aggregation:
         problems.append("secure aggregation is off but the site's policy has clear_aggregation = false")
     pinned = protocol.model.federation.sites
