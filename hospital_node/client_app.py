@@ -13,7 +13,6 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from hospital_node import train_handler
 from hospital_node.gate import log_refusal
 from hospital_node.handler import answer
 from hospital_node.site import SiteError, open_site
@@ -37,10 +36,14 @@ def make_client_app(site_folders: Sequence[str] = ()) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
+        from hospital_node import train_handler  # torch, MONAI and Opacus load only for training rounds
+
         return _training(message, folder(context), train_handler.train)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
+        from hospital_node import train_handler
+
         return _training(message, folder(context), train_handler.evaluate)
 
     return app
@@ -52,9 +55,11 @@ REFUSED = 4100
 
 def _training(message: Message, folder: str, work: Callable[[str, RecordDict, str], RecordDict]) -> Message:
     """Run a training or evaluation round; a refusal goes back as a Flower error with its reason."""
+    from hospital_node.train_handler import Refusals
+
     try:
         return Message(work(folder, message.content, _requester(message)), reply_to=message)
-    except train_handler.Refusals as refusal:
+    except Refusals as refusal:
         config = message.content.config_records["config"]
         log_refusal(folder, str(config["sha256"]), str(config["protocol"]), int(config["server-round"]),
                     str(refusal), analysis=str(config["training"]))  # fmt: skip

@@ -34,13 +34,40 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Multi-center research workbench")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a study protocol on the embedded Flower simulation")
+    run = commands.add_parser(
+        "run", help="run a study: on the embedded simulation (--site) or a deployment (--superlink)"
+    )
     run.add_argument("protocol", type=Path, help="protocol TOML file")
-    run.add_argument("--site", dest="sites", action="append", type=Path, required=True, metavar="DIR",
-                     help="a hospital's site folder (repeat for each site)")  # fmt: skip
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", dest="sites", action="append", type=Path, metavar="DIR",
+                       help="a hospital's site folder, simulated here (repeat for each site)")  # fmt: skip
+    where.add_argument("--superlink", metavar="HOST:PORT", help="the deployed federation's SuperLink")
+    run.add_argument("--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate")
+    run.add_argument(
+        "--nodes", type=int, default=0, help="with --superlink: wait for this many nodes (default: all connected)"
+    )
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a round's replies")
     run.add_argument("--out", type=Path, required=True, help="folder for results.json")
     run.add_argument("--quiet", action="store_true", help="no progress or result tables")
     run.set_defaults(command=_run)
+
+    certs = commands.add_parser("certs", help="keys and certificates for a deployment")
+    certs_steps = certs.add_subparsers(required=True, metavar="ACTION")
+    certs_init = certs_steps.add_parser("init", help="create a CA, the SuperLink's certificate and node key pairs")
+    certs_init.add_argument("--out", type=Path, required=True, help="folder for the keys (keep it private)")
+    certs_init.add_argument("--sites", required=True, help="comma-separated site ids, one node key pair each")
+    certs_init.add_argument("--host", action="append", default=None, metavar="HOST",
+                            help="address the SuperLink is reached at (repeatable; default 127.0.0.1 and localhost)")  # fmt: skip
+    certs_init.set_defaults(command=_certs_init)
+
+    coordinator = commands.add_parser("coordinator", help="the coordinator's SuperLink")
+    coordinator_steps = coordinator.add_subparsers(required=True, metavar="ACTION")
+    coordinator_start = coordinator_steps.add_parser("start", help="start the SuperLink (TLS, node authentication)")
+    coordinator_start.add_argument("--certs", type=Path, required=True, metavar="DIR")
+    coordinator_start.add_argument("--host", default="0.0.0.0")
+    coordinator_start.add_argument("--port", type=int, default=9092)
+    coordinator_start.add_argument("--state", type=Path, default=Path("coordinator-state"), metavar="DIR")
+    coordinator_start.set_defaults(command=_coordinator_start)
 
     demo_command = commands.add_parser("demo", help="build demo hospitals from real lung cancer data and run a study")
     demo_command.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for sites and results")
@@ -66,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     audit = steps.add_parser("audit", help="the tamper-evident audit log")
     audit_steps = audit.add_subparsers(required=True, metavar="ACTION")
     verify = audit_steps.add_parser("verify", help="recompute the hash chain; exit code 1 if it is broken")
+    node_start = steps.add_parser("start", help="start this hospital's SuperNode, bound to its site folder")
+    node_start.add_argument("--site", type=Path, required=True, metavar="DIR")
+    node_start.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    node_start.add_argument(
+        "--root-cert", type=Path, required=True, metavar="FILE", help="the federation CA certificate"
+    )
+    node_start.add_argument("--key", type=Path, required=True, metavar="FILE", help="this node's private key")
+    node_start.add_argument("--port", type=int, default=9094, help="the node's local ClientApp port")
+    node_start.set_defaults(command=_node_start)
     for command, handler in ((approve, nodes.approve), (revoke, nodes.revoke), (approvals_list, nodes.approvals),
                              (usage, nodes.usage), (verify, nodes.verify), (identity, nodes.identity),
                              (privacy, nodes.privacy)):  # fmt: skip
@@ -76,8 +112,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.superlink:
+        from workbench import deployment
+
+        if args.root_cert is None:
+            raise UserError("--superlink needs --root-cert FILE (the federation's CA certificate)")
+        document = deployment.run_remote(args.protocol, args.superlink, args.root_cert, args.out, args.nodes,
+                                         args.timeout, args.quiet)  # fmt: skip
+        return _report(document, args.out / "results.json", args.quiet)
     study = protocol.load(args.protocol)
     return _execute(study, args.sites, args.out, quiet=args.quiet)
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    from workbench import certs
+
+    sites = [site.strip() for site in args.sites.split(",") if site.strip()]
+    written = certs.init(args.out, sites, args.host or ["127.0.0.1", "localhost"])
+    print(f"wrote {len(written)} files to {args.out}: ca.crt (give to every hospital), superlink.crt/.key "
+          f"(coordinator only), nodes/<site> (each hospital its own) and nodes/<site>.pub (registered at the SuperLink)")  # fmt: skip
+    return 0
+
+
+def _coordinator_start(args: argparse.Namespace) -> int:
+    from workbench import deployment
+
+    return deployment.start_coordinator(args.certs, args.host, args.port, args.state)
+
+
+def _node_start(args: argparse.Namespace) -> int:
+    from workbench import deployment
+
+    return deployment.start_node(args.site, args.superlink, args.root_cert, args.key, args.port)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -107,7 +173,11 @@ def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: 
     started = time.perf_counter()
     run = simulate(study, sites, None if quiet else _progress(started), None if quiet else _training_progress(started))
     document = results.build(study, run, engine="flower-simulation")
-    path = results.write(document, out, run)
+    return _report(document, results.write(document, out, run), quiet)
+
+
+def _report(document: dict, path: Path, quiet: bool) -> int:
+    """Print the result tables; exit code 1 if some analysis or training failed."""
     if not quiet:
         print(report.render(document))
         print(f"\nresults: {path}", file=sys.stderr)

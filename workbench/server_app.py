@@ -31,33 +31,43 @@ class StudyRun:
     seconds: float = 0.0
 
 
-def make_server_app(
+def run_study(
+    grid: Grid,
     protocol: Protocol,
     sites: int,
-    run: StudyRun,
     progress: driver.Progress | None = None,
     training_progress: training.Progress | None = None,
     timeout: float = 600.0,
-) -> ServerApp:
-    """A ServerApp that runs `protocol` once `sites` nodes are connected, filling `run`.
+) -> StudyRun:
+    """Run `protocol` once `sites` nodes are connected: the statistics (sharing rounds), then each training."""
+    run = StudyRun()
+    nodes = wait_for_nodes(grid, sites, timeout)
+    started = time.perf_counter()
+    exchange = FlowerExchange(grid, nodes, protocol, timeout)
+    plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
+    run.analyses = driver.run(plans, exchange, progress)
+    run.sites, run.refusals = exchange.replies, exchange.refusals
+    run.aggregation, run.transcript = exchange.summary(), exchange.transcript
+    run.rounds = exchange.rounds
+    for spec in protocol.model.training:
+        scaling = run.analyses.get(spec.scaling_id)
+        run.training[spec.id] = training.run(grid, len(nodes), protocol, spec, scaling, training_progress, timeout)
+    run.seconds = time.perf_counter() - started
+    return run
 
-    The statistics come first (independent analyses sharing rounds), then each training block.
-    """
+
+def make_server_app(
+    protocol: Protocol,
+    sites: int,
+    outcome: list[StudyRun],
+    progress: driver.Progress | None = None,
+    training_progress: training.Progress | None = None,
+) -> ServerApp:
+    """A ServerApp for the embedded simulation: runs `protocol` and appends the run to `outcome`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = wait_for_nodes(grid, sites, timeout)
-        started = time.perf_counter()
-        exchange = FlowerExchange(grid, nodes, protocol, timeout)
-        plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
-        run.analyses = driver.run(plans, exchange, progress)
-        run.sites, run.refusals = exchange.replies, exchange.refusals
-        run.aggregation, run.transcript = exchange.summary(), exchange.transcript
-        run.rounds = exchange.rounds
-        for spec in protocol.model.training:
-            scaling = run.analyses.get(spec.scaling_id)
-            run.training[spec.id] = training.run(grid, len(nodes), protocol, spec, scaling, training_progress)
-        run.seconds = time.perf_counter() - started
+        outcome.append(run_study(grid, protocol, sites, progress, training_progress))
 
     return app

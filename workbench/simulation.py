@@ -34,8 +34,8 @@ def simulate(
             raise UserError(f"{folder}: site folder not found")
     if len(set(folders)) != len(folders):
         raise UserError("the same site folder is given twice")
-    run = StudyRun()
-    server = make_server_app(protocol, len(folders), run, progress, training_progress)
+    outcome: list[StudyRun] = []
+    server = make_server_app(protocol, len(folders), outcome, progress, training_progress)
     with _quiet():
         run_simulation(
             server_app=server,
@@ -46,7 +46,7 @@ def simulate(
                 "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
             },
         )
-    return run
+    return outcome[0]
 
 
 @contextlib.contextmanager

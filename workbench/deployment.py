@@ -1,0 +1,188 @@
+"""Real sites on Flower's deployment engine: a SuperLink at the coordinator, a SuperNode per hospital.
+
+The same ServerApp logic (`run_study`) and ClientApp run as in the simulation; only the launcher
+differs. TLS everywhere; only SuperNodes whose public keys were registered are admitted; nodes
+dial out to the SuperLink's single port. `workbench run --superlink` submits the study with
+`flwr run`; the ServerApp runs next to the SuperLink and writes the same results folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from hospital_node.site import SiteError, open_site
+from workbench import results
+from workbench.errors import StudyError, UserError
+from workbench.protocol import parse
+from workbench.server_app import run_study
+
+CONNECTION = "workbench"
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    """The coordinator's side of a deployed study (run by the SuperLink's SuperExec)."""
+    config = context.run_config
+    status = Path(str(config["status"]))
+    try:
+        protocol = parse(str(config["protocol"]), source=str(config["protocol_name"]))
+        sites = int(config["sites"]) or _connected(grid)
+        run = run_study(grid, protocol, sites, _log, _log_training, float(config["timeout"]))
+        document = results.build(protocol, run, engine="flower-deployment")
+        results.write(document, Path(str(config["out"])), run)
+        status.write_text(json.dumps({"ok": True}))
+    except UserError as error:
+        status.write_text(json.dumps({"error": str(error)}))
+
+
+def _connected(grid: Grid, settle: float = 8.0) -> int:
+    """How many nodes are connected once the count has stopped changing for `settle` seconds."""
+    count, since = len(list(grid.get_node_ids())), time.monotonic()
+    while time.monotonic() - since < settle:
+        time.sleep(0.5)
+        now = len(list(grid.get_node_ids()))
+        if now != count:
+            count, since = now, time.monotonic()
+    if not count:
+        raise StudyError("no hospital node is connected to the SuperLink")
+    return count
+
+
+def _log(round_number: int, pending: dict[str, Any]) -> None:
+    print(f"round {round_number}: " + ", ".join(f"{key} {query.phase}" for key, query in pending.items()), flush=True)
+
+
+def _log_training(training_id: str, round_number: int, rounds: int, metrics: dict[str, float]) -> None:
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items())
+    print(f"training {training_id}: round {round_number}/{rounds} {shown}", flush=True)
+
+
+def _tool(name: str) -> str:
+    """A Flower executable from this environment."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    """This environment's executables first on PATH (Flower starts `flower-superexec` by name)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
+
+
+def connection_home(folder: Path, superlink: str, root_cert: Path) -> Path:
+    """A private FLWR_HOME whose `workbench` connection points at the SuperLink (never the user's ~/.flwr)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n[superlink.{CONNECTION}]\n'
+        f"address = {json.dumps(superlink)}\nroot-certificates = {json.dumps(str(root_cert.resolve()))}\n"
+    )
+    return folder
+
+
+def start_coordinator(certs: Path, host: str, port: int, state: Path) -> int:
+    """Run a SuperLink with TLS and SuperNode authentication; register every key in `certs/nodes/`."""
+    files = {name: certs / name for name in ("ca.crt", "superlink.crt", "superlink.key")}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    keys = sorted((certs / "nodes").glob("*.pub"))
+    if missing or not keys:
+        raise UserError(
+            f"{certs}: missing {', '.join(missing) or 'nodes/*.pub'}; create them with workbench certs init"
+        )
+    state.mkdir(parents=True, exist_ok=True)
+    command = [
+        _tool("flower-superlink"), "--ssl-ca-certfile", str(files["ca.crt"]), "--ssl-certfile",
+        str(files["superlink.crt"]), "--ssl-keyfile", str(files["superlink.key"]), "--enable-supernode-auth",
+        "--host", host, "--port", str(port), "--database", str(state / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    superlink = subprocess.Popen(command, env=_environment(FLWR_HOME=str(state / "flwr-home")))
+    try:
+        _wait_for_port(host, port, superlink)
+        home = connection_home(state / "flwr-cli", f"{host}:{port}", files["ca.crt"])
+        for key in keys:
+            done = subprocess.run([_tool("flwr"), "supernode", "register", str(key), CONNECTION],
+                                  env=_environment(FLWR_HOME=str(home)), capture_output=True, text=True)  # fmt: skip
+            if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
+                raise UserError(f"registering {key.name} failed: {(done.stdout + done.stderr).strip()[-300:]}")
+        names = ", ".join(key.stem for key in keys)
+        print(f"coordinator: SuperLink on {host}:{port} (TLS, node authentication); registered: {names}", flush=True)
+        return superlink.wait()
+    finally:
+        if superlink.poll() is None:
+            superlink.terminate()
+            superlink.wait(timeout=30)
+
+
+def start_node(site: Path, superlink: str, root_cert: Path, key: Path, port: int) -> int:
+    """Become this hospital's SuperNode, bound to its site folder (dials out to the SuperLink)."""
+    try:
+        folder = open_site(site).path
+    except SiteError as error:
+        raise UserError(str(error)) from None
+    for path in (root_cert, key):
+        if not path.is_file():
+            raise UserError(f"{path}: not found")
+    command = [
+        _tool("flower-supernode"), "--root-certificates", str(root_cert), "--superlink", superlink,
+        "--auth-supernode-private-key", str(key), "--node-config", f"site='{folder}'", "--port", str(port),
+    ]  # fmt: skip
+    os.execve(command[0], command, _environment(FLWR_HOME=str(folder / "state" / "flwr-home")))
+    return 0  # not reached
+
+
+def run_remote(
+    protocol_path: Path, superlink: str, root_cert: Path, out: Path, sites: int, timeout: float, quiet: bool
+) -> dict[str, Any]:
+    """Submit the study to a running federation, stream its log, and return its results document."""
+    text = protocol_path.read_text(encoding="utf-8") if protocol_path.is_file() else ""
+    protocol = parse(text, source=protocol_path.name) if text else None
+    if protocol is None:
+        raise UserError(f"{protocol_path}: protocol file not found")
+    if not root_cert.is_file():
+        raise UserError(f"{root_cert}: root certificate not found")
+    with tempfile.TemporaryDirectory(prefix="workbench-run-") as name:
+        folder = Path(name)
+        app = folder / "app"
+        app.mkdir()
+        shutil.copy(resources.files("workbench").joinpath("flower_app/pyproject.toml"), app / "pyproject.toml")
+        status = folder / "status.json"
+        overrides = {"protocol": protocol.text, "protocol_name": protocol_path.name, "out": str(out.resolve()),
+                     "status": str(status), "sites": sites, "timeout": float(timeout)}  # fmt: skip
+        (folder / "run.toml").write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in overrides.items()))
+        home = connection_home(folder / "flwr-home", superlink, root_cert)
+        command = [_tool("flwr"), "run", str(app), CONNECTION, "--run-config", str(folder / "run.toml"), "--stream"]
+        done = subprocess.run(command, env=_environment(FLWR_HOME=str(home)), text=True,
+                              stdout=subprocess.PIPE if quiet else sys.stderr, stderr=subprocess.STDOUT)  # fmt: skip
+        if not status.exists():
+            detail = (done.stdout or "").strip()[-500:] if quiet else "see the log above"
+            raise StudyError(f"the study did not run on {superlink} (flwr run exited with {done.returncode}; {detail})")
+        outcome = json.loads(status.read_text())
+    if "error" in outcome:
+        raise StudyError(outcome["error"])
+    return json.loads((out / "results.json").read_text())
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"the SuperLink exited (code {process.returncode}); is port {port} free?")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise UserError(f"the SuperLink did not open {host}:{port} within {timeout:g} s")
