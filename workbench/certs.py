@@ -58,17 +58,21 @@ def init(folder: Path, sites: Sequence[str], hosts: Sequence[str]) -> list[Path]
         _secret(folder / "superlink.key", _pem(server_key)),
         _public(folder / "superlink.crt", server_cert.public_bytes(serialization.Encoding.PEM)),
     ]
-    (folder / "nodes").mkdir(exist_ok=True)
     for site in sites:
-        key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())  # fmt: skip
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        written += [
-            _secret(folder / "nodes" / site, private),
-            _public(folder / "nodes" / f"{site}.pub", public + b"\n"),
-        ]
+        written += node_key(folder / "nodes", site)
     return written
+
+
+def node_key(folder: Path, site: str) -> list[Path]:
+    """A SuperNode authentication key pair: `<site>` (private, 0600) and `<site>.pub` (to register)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / site).exists():
+        raise UserError(f"{folder / site} already exists; keys are never overwritten")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())  # fmt: skip
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return [_secret(folder / site, private), _public(folder / f"{site}.pub", public + b"\n")]
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:

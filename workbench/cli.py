@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     certs_init.add_argument("--host", action="append", default=None, metavar="HOST",
                             help="address the SuperLink is reached at (repeatable; default 127.0.0.1 and localhost)")  # fmt: skip
     certs_init.set_defaults(command=_certs_init)
+    certs_node = certs_steps.add_parser("node-key", help="at a hospital: create its own node key pair")
+    certs_node.add_argument("--site", required=True, help="the site id")
+    certs_node.add_argument("--out", type=Path, required=True, help="folder for the key pair")
+    certs_node.set_defaults(command=_certs_node)
 
     coordinator = commands.add_parser("coordinator", help="the coordinator's SuperLink")
     coordinator_steps = coordinator.add_subparsers(required=True, metavar="ACTION")
@@ -131,6 +135,14 @@ def _certs_init(args: argparse.Namespace) -> int:
     written = certs.init(args.out, sites, args.host or ["127.0.0.1", "localhost"])
     print(f"wrote {len(written)} files to {args.out}: ca.crt (give to every hospital), superlink.crt/.key "
           f"(coordinator only), nodes/<site> (each hospital its own) and nodes/<site>.pub (registered at the SuperLink)")  # fmt: skip
+    return 0
+
+
+def _certs_node(args: argparse.Namespace) -> int:
+    from workbench import certs
+
+    private, public = certs.node_key(args.out, args.site)
+    print(f"wrote {private} (keep it at the hospital) and {public} (send it to the coordinator for nodes/)")
     return 0
 
 

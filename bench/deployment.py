@@ -1,0 +1,136 @@
+"""Round trips on the deployment engine vs the embedded simulation, 3 and 10 hospitals on localhost.
+
+ACTG 175 is dealt into N site folders that approve a protocol with one describe and one Cox model
+(3 covariates); it runs once on the simulation (`workbench run --site`) and once over a SuperLink
+and N SuperNodes started as real processes (TLS, node authentication, secure aggregation). Printed:
+the median wall time of a query round (after the first), the Cox fit (all its rounds) and the
+whole command, from the coordinator's transcript.
+
+    python bench/deployment.py [--sites 3 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hospital_node import approvals
+from hospital_node.gate import identity_line
+from hospital_node.site import open_site
+from workbench.datasets import actg175, partition
+from workbench.protocol import parse
+
+PROTOCOL = """
+[study]
+id = "actg175-deployment"
+title = "Round trips"
+
+[[analysis]]
+id = "describe"
+type = "describe"
+variables = ["age"]
+
+[[analysis]]
+id = "cox"
+type = "cox"
+duration = "days"
+event = "cens"
+covariates = ["age", "karnof", "cd40"]
+"""
+POLICY = "[policy]\nmin_cell_count = 1\nclear_aggregation = true\n"
+
+
+def workbench(*args: object) -> list[str]:
+    return [sys.executable, "-m", "workbench.cli", *map(str, args)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def timings(out: Path, wall: float) -> dict[str, float]:
+    attempts = [a for a in json.loads((out / "transcript" / "index.json").read_text()) if a["mode"] != "keys"]
+    return {"rounds": len(attempts), "round": float(np.median([a["seconds"] for a in attempts[1:]])),
+            "cox": sum(a["seconds"] for a in attempts), "wall": wall}  # fmt: skip
+
+
+def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
+    sites = []
+    for site_id, rows in partition(actg175(), count).items():
+        (folder / site_id).mkdir(parents=True)
+        (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{POLICY}')
+        rows.to_csv(folder / site_id / "patients.csv", index=False)
+        sites.append(folder / site_id)
+    text = PROTOCOL + "\n[federation.sites]\n" + "".join(f'{s.name} = "{identity_line(open_site(s))}"\n' for s in sites)
+    (folder / "protocol.toml").write_text(text)
+    for site in sites:
+        approvals.approve(open_site(site), parse(text), by="benchmark")
+    started = time.perf_counter()
+    subprocess.run(workbench("run", folder / "protocol.toml", *[a for s in sites for a in ("--site", s)],
+                             "--out", folder / "simulated", "--quiet"), check=True)  # fmt: skip
+    result = {"simulation": timings(folder / "simulated", time.perf_counter() - started)}
+    certs, port, running = folder / "certs", free_port(), []
+    subprocess.run(workbench("certs", "init", "--out", certs, "--sites", ",".join(s.name for s in sites)), check=True,
+                   capture_output=True)  # fmt: skip
+
+    def start(command: list[str], log: Path) -> Path:
+        running.append(subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True))
+        return log
+
+    def wait_for(log: Path, text: str) -> None:
+        deadline = time.monotonic() + 120
+        while text not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{log.name}: '{text}' did not appear")
+            time.sleep(0.5)
+
+    try:
+        wait_for(start(workbench("coordinator", "start", "--certs", certs, "--host", "127.0.0.1", "--port", port,
+                                 "--state", folder / "coordinator"), folder / "coordinator.log"), "registered:")  # fmt: skip
+        for site in sites:
+            log = start(workbench("node", "start", "--site", site, "--superlink", f"127.0.0.1:{port}", "--root-cert",
+                                  certs / "ca.crt", "--key", certs / "nodes" / site.name, "--port", free_port()),
+                        folder / f"{site.name}.log")  # fmt: skip
+            wait_for(log, "SuperNode ID")
+        started = time.perf_counter()
+        subprocess.run(workbench("run", folder / "protocol.toml", "--superlink", f"127.0.0.1:{port}", "--root-cert",
+                                 certs / "ca.crt", "--nodes", count, "--out", folder / "deployed", "--quiet"), check=True)  # fmt: skip
+        result["deployment"] = timings(folder / "deployed", time.perf_counter() - started)
+    finally:
+        for process in running:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, nargs="+", default=[3, 10])
+    args = parser.parse_args()
+    print(f"# deployment benchmark - ACTG 175, describe + Cox (3 covariates), Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, localhost, TLS + node authentication + secure aggregation")  # fmt: skip
+    print(f"{'sites':>5} {'engine':<11} {'rounds':>6} {'round s':>8} {'Cox fit s':>9} {'command s':>9}")
+    for count in args.sites:
+        with tempfile.TemporaryDirectory() as name:
+            for engine, t in measure(count, Path(name)).items():
+                print(f"{count:>5} {engine:<11} {t['rounds']:>6} {t['round']:>8.2f} {t['cox']:>9.1f} {t['wall']:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
