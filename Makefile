@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/workbench demo --out out/demo
 
-test: setup
+# Debian's Chromium for the dashboard's browser tests (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } \
+		|| { command -v sudo >/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 bench: setup

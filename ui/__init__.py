@@ -1,1 +1,1 @@
-"""Streamlit dashboard for researchers (issue: researcher dashboard; not built yet)."""
+"""The researcher's dashboard (Streamlit): design, run and read studies; `workbench ui` starts it."""

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress or result tables")
     run.set_defaults(command=_run)
 
+    ui = commands.add_parser("ui", help="the researcher's dashboard (Streamlit) in the browser")
+    ui.add_argument("--workspace", type=Path, default=Path("workbench-workspace"), help="draft, site folders and runs")
+    ui.add_argument("--port", type=int, default=8501)
+    ui.add_argument("--roles", type=Path, help="TOML file mapping users to roles (default: one local researcher)")
+    ui.set_defaults(command=_ui)
+
     certs = commands.add_parser("certs", help="keys and certificates for a deployment")
     certs_steps = certs.add_subparsers(required=True, metavar="ACTION")
     certs_init = certs_steps.add_parser("init", help="create a CA, the SuperLink's certificate and node key pairs")
@@ -126,6 +132,21 @@ def _run(args: argparse.Namespace) -> int:
         return _report(document, args.out / "results.json", args.quiet)
     study = protocol.load(args.protocol)
     return _execute(study, args.sites, args.out, quiet=args.quiet)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from importlib import resources
+
+    app = resources.files("ui").joinpath("app.py")
+    environment = {**os.environ, "WORKBENCH_WORKSPACE": str(args.workspace.resolve())}
+    if args.roles:
+        environment["WORKBENCH_ROLES"] = str(args.roles.resolve())
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]  # fmt: skip
+    print(f"dashboard: http://localhost:{args.port} (workspace {args.workspace})", file=sys.stderr)
+    return subprocess.call(command, env=environment)
 
 
 def _certs_init(args: argparse.Namespace) -> int:

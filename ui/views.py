@@ -1,0 +1,158 @@
+"""Result tables and figures per analysis type; viewers get coarse versions (no small counts, no sites)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ui import plots
+from ui.roles import Role
+
+
+def table(frame: pd.DataFrame, name: str, index: bool = True) -> None:
+    """A table with a CSV download."""
+    st.dataframe(frame, width="stretch", hide_index=not index)
+    st.download_button("CSV", frame.to_csv(index=index).encode(), file_name=f"{name}.csv", key=f"{name}-csv")
+
+
+def count(value: Any, role: Role) -> Any:
+    """A count as a viewer may see it: hidden below the minimum, ranges shown as below the minimum."""
+    if not role.viewer:
+        return value
+    if isinstance(value, str) or (isinstance(value, int | float) and 0 < value < role.min_count):
+        return f"<{role.min_count}"
+    return value
+
+
+def analysis(analysis_id: str, result: dict[str, Any], role: Role) -> None:
+    st.subheader(f"{analysis_id} · {result.get('type', '')}")
+    if "error" in result:
+        reason = result["error"] if not role.viewer else "not available (the analysis could not be completed)"
+        st.warning(reason)
+        return
+    if not role.viewer:
+        st.caption(f"n = {result['n']}, dropped for missing values = {result['n_dropped']}")
+    RENDERERS[result["type"]](analysis_id, result, role)
+
+
+def _describe(name: str, result: dict[str, Any], role: Role) -> None:
+    rows = []
+    for variable, summary in result["variables"].items():
+        if summary["kind"] == "numeric":
+            total = summary["n"] + summary["missing"]
+            rows.append({"variable": variable, "n": count(summary["n"], role),
+                         "missing %": round(100 * summary["missing"] / total, 1) if total else None,
+                         "mean": summary["mean"], "sd": summary["sd"]})  # fmt: skip
+    if rows:
+        table(pd.DataFrame(rows), f"{name}-numeric", index=False)
+    for variable, summary in result["variables"].items():
+        if summary["kind"] != "numeric":
+            exact = {k: v for k, v in summary["counts"].items() if isinstance(v, int)}
+            total = sum(exact.values()) or 1
+            frame = pd.DataFrame(
+                [{"level": level, "count": count(value, role),
+                  "%": round(100 * value / total, 1) if isinstance(value, int) and not (role.viewer and value < role.min_count) else None}
+                 for level, value in summary["counts"].items()]
+            )  # fmt: skip
+            if role.viewer:
+                frame = frame.drop(columns="count")
+            st.markdown(f"**{variable}**")
+            table(frame, f"{name}-{variable}", index=False)
+
+
+def _crosstab(name: str, result: dict[str, Any], role: Role) -> None:
+    frame = pd.DataFrame(result["table"], index=result["row_levels"], columns=result["column_levels"])
+    frame.index.name, frame.columns.name = result["row"], result["column"]
+    if role.viewer:
+        frame = frame.map(lambda v: count(v, role))
+    table(frame, name)
+    if "chi2" in result:
+        chi2 = result["chi2"]
+        st.write(f"Pearson χ² = {chi2['statistic']:.4f}, df = {chi2['df']}, p = {chi2['p']:.4g}")
+        if "fisher" in result:
+            st.write(
+                f"Fisher's exact test: odds ratio {result['fisher']['odds_ratio']}, p = {result['fisher']['p']:.4g}"
+            )
+    else:
+        st.info(f"Tests {result['tests']}")
+
+
+def _ttest(name: str, result: dict[str, Any], role: Role) -> None:
+    groups = pd.DataFrame(result["groups"]).T
+    if role.viewer:
+        groups["n"] = groups["n"].map(lambda v: count(int(v), role))
+    table(groups, f"{name}-groups")
+    rows = {key: result[key] for key in ("welch", "pooled")}
+    table(pd.DataFrame(rows).T.assign(difference=result["difference"]), f"{name}-tests")
+
+
+def _regression(name: str, result: dict[str, Any], role: Role) -> None:
+    frame = pd.DataFrame(result["params"]).T
+    table(frame, name)
+    facts = {k: result[k] for k in ("log_likelihood", "deviance", "aic", "statistic") if k in result}
+    st.caption(", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in facts.items()))
+
+
+def _kaplan_meier(name: str, result: dict[str, Any], role: Role) -> None:
+    plots.show(plots.kaplan_meier(result, hide_below=role.min_count if role.viewer else 0), name)
+    rows = []
+    for group, curve in result["groups"].items():
+        rows.append({"group": group, "n": count(curve["at_risk"][0], role), "events": count(sum(curve["events"]), role),
+                     "median survival": curve["median"]})  # fmt: skip
+    table(pd.DataFrame(rows), f"{name}-summary", index=False)
+    if not role.viewer:
+        times = plots.at_risk_times(result)
+        risk = pd.DataFrame({group: plots.at_risk(curve, times) for group, curve in result["groups"].items()},
+                            index=[f"{t:g}" for t in times]).T  # fmt: skip
+        risk.index.name = "number at risk / time"
+        table(risk, f"{name}-at-risk")
+
+
+def _logrank(name: str, result: dict[str, Any], role: Role) -> None:
+    st.write(f"χ² = {result['statistic']:.4f} on {result['df']} df, p = {result['p']:.4g}"
+             + (f" (stratified by {', '.join(result['strata'])})" if result["strata"] else ""))  # fmt: skip
+    frame = pd.DataFrame(result["groups"]).T
+    if role.viewer:
+        frame["observed"] = frame["observed"].map(lambda v: count(v, role))
+    table(frame, name)
+
+
+def _cox(name: str, result: dict[str, Any], role: Role) -> None:
+    columns = ["coef", "exp_coef", "se", "z", "p", "ci_lower", "ci_upper"]
+    table(pd.DataFrame(result["params"]).T[columns], name)
+    plots.show(plots.forest(result), f"{name}-forest")
+    lr = result["likelihood_ratio_test"]
+    st.caption(f"events = {count(result['events'], role)}, ties = {result['ties']}, log-likelihood = "
+               f"{result['log_likelihood']:.4f}, LR test {lr['statistic']:.3f} on {lr['df']} df, p = {lr['p']:.3g}")  # fmt: skip
+
+
+def training(training_id: str, summary: dict[str, Any], role: Role) -> None:
+    st.subheader(f"model {training_id} · {summary.get('task', '')}")
+    if "error" in summary:
+        st.warning(summary["error"] if not role.viewer else "not available (the training could not be completed)")
+        return
+    st.caption(f"{summary['model']}, {summary['strategy']}, {len(summary['rounds'])} rounds, "
+               f"DP-SGD target ε = {summary['target_epsilon']:g} per site at δ = {summary['delta']:g}")  # fmt: skip
+    plots.show(plots.training(summary, per_site=not role.viewer), f"{training_id}-curves")
+    rounds = pd.DataFrame([{"round": r["round"], **r["evaluate"]["weighted"]} for r in summary["rounds"]])
+    table(rounds, f"{training_id}-rounds", index=False)
+    if not role.viewer:
+        plots.show(plots.epsilon(summary), f"{training_id}-epsilon")
+        for refusal in summary["refusals"]:
+            st.warning(f"round {refusal['round']} ({refusal['phase']}): {refusal['reason']}")
+
+
+RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {
+    "describe": _describe,
+    "crosstab": _crosstab,
+    "ttest": _ttest,
+    "linear": _regression,
+    "logistic": _regression,
+    "poisson": _regression,
+    "kaplan_meier": _kaplan_meier,
+    "logrank": _logrank,
+    "cox": _cox,
+}

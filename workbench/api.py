@@ -1,0 +1,214 @@
+"""What the dashboard needs from the workbench, in one place (the UI reads and writes only through here).
+
+A *workspace* folder holds the researcher's draft protocol, the local site folders (for the
+embedded simulation) and every run:
+
+```
+workspace/
+  draft.toml      the protocol being designed
+  sites/<site>/   site folders (hospital_node layout)
+  runs/<run>/     protocol.toml, job.json, log.txt, status.json and out/ (results, transcript, models)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tomli_w
+
+from analyses import registry
+from analyses.disclosure import Control
+from hospital_node import approvals, steward
+from hospital_node.audit import AuditLog
+from hospital_node.gate import identity_line
+from hospital_node.privacy_ledger import PrivacyLedger
+from hospital_node.site import Site, SiteError, open_site
+from hospital_node.usage import by_study
+from workbench import demo
+from workbench.errors import UserError
+from workbench.protocol import Protocol, ProtocolError, parse
+
+RULES = {
+    Control.NONE: "sent",
+    Control.RANGE: "sent; small counts as a range",
+    Control.MINIMUM: "sent if every count is 0 or ≥ the minimum",
+    Control.GUARD: "checked, never sent",
+    Control.SATURATION: "checked (rows per parameter), never sent",
+}
+
+
+def protocol_text(draft: dict[str, Any]) -> str:
+    """The draft (a protocol as nested dicts) as TOML, sections in the protocol's order."""
+    order = ["study", "cohort", "privacy", "federation", "analysis", "training"]
+    ordered = {key: draft[key] for key in order if draft.get(key) not in (None, [], {})}
+    return tomli_w.dumps(_without_empty(ordered))
+
+
+def draft_of(text: str) -> dict[str, Any]:
+    """A protocol's TOML as an editable draft (or a UserError naming the problem)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"not valid TOML: {error}") from None
+
+
+def check(text: str) -> tuple[Protocol | None, str]:
+    """The validated protocol, or None and the schema's message."""
+    try:
+        return parse(text, source="draft"), ""
+    except ProtocolError as error:
+        return None, str(error).removeprefix("draft: ")
+
+
+def disclosure(protocol: Protocol) -> dict[str, pd.DataFrame]:
+    """Per analysis, every array a site may send or check, with its rule."""
+    tables = {}
+    for analysis_id, spec in protocol.analyses.items():
+        rows = [
+            {"round": item.phase, "name": item.key, "shape": item.shape, "meaning": item.meaning,
+             "rule": RULES[item.control] + (" (per time cell)" if item.per_time else "")}
+            for item in registry.manifest(spec)
+        ]  # fmt: skip
+        tables[analysis_id] = pd.DataFrame(rows)
+    return tables
+
+
+def site_folders(workspace: Path) -> list[Path]:
+    folder = workspace / "sites"
+    return (
+        sorted(p for p in folder.iterdir() if (p / "site.toml").exists() or (p / "patients.csv").exists())
+        if folder.exists()
+        else []
+    )
+
+
+def build_demo_sites(workspace: Path) -> list[Path]:
+    """The five NCCTG lung hospitals of `workbench demo`, in the workspace."""
+    return demo.build_sites(workspace / "sites")
+
+
+def columns(folders: list[Path], table: str = "patients") -> list[str]:
+    """Column names of the sites' cohort tables (the header only; no values are read)."""
+    names: dict[str, None] = {}
+    for folder in folders:
+        try:
+            path = open_site(folder).table_path(table)
+        except SiteError:
+            continue
+        if path.suffix == ".csv":
+            names.update(dict.fromkeys(pd.read_csv(path, nrows=0).columns))
+    return list(names)
+
+
+def roster(folders: list[Path]) -> dict[str, str]:
+    """`[federation.sites]`: each site's identity key."""
+    return {open_site(folder).id: identity_line(open_site(folder)) for folder in folders}
+
+
+def site_status(folder: Path, protocol: Protocol | None) -> dict[str, Any]:
+    """A site as its steward's tools see it: policy, approval of `protocol`, budget, usage, audit."""
+    site = open_site(folder)
+    log = AuditLog(site.state)
+    verification = log.verify()
+    spent = sum(item["epsilon"] for item in PrivacyLedger(site.state).read()["trainings"].values())
+    usage = by_study(log.entries()) if verification.ok else {}
+    return {
+        "site": site.id,
+        "name": site.name,
+        "rows": _rows(site),
+        "min cell count": site.policy.min_cell_count,
+        "allowed analyses": ", ".join(site.policy.allowed_analyses) or "all",
+        "approved": bool(protocol and protocol.sha256 in approvals.current(log)),
+        "ε spent": round(spent, 3),
+        "ε remaining": round(site.policy.max_epsilon - spent, 3),
+        "studies": len(usage),
+        "queries": sum(u.queries for u in usage.values()),
+        "audit": "intact" if verification.ok else f"BROKEN: {verification.problem}",
+    }
+
+
+def approval_review(folder: Path, protocol: Protocol) -> tuple[str, list[str]]:
+    """The steward's review of `protocol` at this site, and why its policy would refuse it."""
+    site = open_site(folder)
+    return steward.preview(site, protocol), steward.conflicts(site, protocol)
+
+
+def approve(folder: Path, protocol: Protocol, by: str) -> None:
+    """Record the approval, as this (local) site's data steward."""
+    approvals.approve(open_site(folder), protocol, by=by)
+
+
+def start_run(workspace: Path, protocol: Protocol, folders: list[Path]) -> Path:
+    """Run the study on the embedded simulation in a separate process; return its run folder."""
+    run = workspace / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    run.mkdir(parents=True)
+    (run / "protocol.toml").write_text(protocol.text, encoding="utf-8")
+    arguments = [
+        "run",
+        str(run / "protocol.toml"),
+        *[a for f in folders for a in ("--site", str(f))],
+        "--out",
+        str(run / "out"),
+    ]
+    (run / "job.json").write_text(json.dumps({"arguments": arguments}))
+    with open(run / "log.txt", "w") as log:
+        subprocess.Popen([sys.executable, "-m", "workbench.job", str(run)], stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)  # fmt: skip
+    return run
+
+
+def run_state(run: Path) -> dict[str, Any]:
+    """`running`, `done`, `failed` (some analyses) or `refused` (nothing ran), with the log so far."""
+    log = (run / "log.txt").read_text(errors="replace") if (run / "log.txt").exists() else ""
+    status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else None
+    if status is None:
+        state = "running"
+    else:
+        state = {0: "done", 1: "failed", 2: "refused"}.get(status["exit_code"], "refused")
+    errors = [line.removeprefix("error: ") for line in log.splitlines() if line.startswith("error: ")]
+    return {"state": state, "log": log, "error": errors[-1] if errors else "", "results": run / "out" / "results.json"}
+
+
+def runs(workspace: Path) -> list[Path]:
+    """Run folders, newest first."""
+    folder = workspace / "runs"
+    return sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.exists() else []
+
+
+def results(run: Path) -> dict[str, Any]:
+    return json.loads((run / "out" / "results.json").read_text())
+
+
+def audit(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The site's audit chain check, and its entries as a table."""
+    site = open_site(folder)
+    log = AuditLog(site.state)
+    verification = log.verify()
+    entries = pd.DataFrame(log.entries())
+    return {"site": site.id, "intact": verification.ok, "entries": verification.entries,
+            "head": verification.head, "problem": verification.problem}, entries  # fmt: skip
+
+
+def _rows(site: Site) -> int | None:
+    try:
+        path = site.table_path("patients")
+    except SiteError:
+        return None
+    with open(path, "rb") as stream:
+        return max(sum(1 for _ in stream) - 1, 0) if path.suffix == ".csv" else None
+
+
+def _without_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty(v) for k, v in value.items() if v is not None and v != "" and v != []}
+    if isinstance(value, list):
+        return [_without_empty(v) for v in value]
+    return value
