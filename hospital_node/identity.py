@@ -34,6 +34,12 @@ def identity_key(site: Site) -> Ed25519PrivateKey:
     return key
 
 
+def existing_public_line(site: Site) -> str | None:
+    """The site's identity key line if it has one (never creates it)."""
+    path = site.state / "identity" / "node_key.pub"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
 def public_line(key: Ed25519PrivateKey) -> str:
     """`ssh-ed25519 AAAA…`: the form a protocol's `[federation.sites]` pins."""
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()

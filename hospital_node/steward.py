@@ -9,11 +9,12 @@ from analyses import registry
 from analyses.disclosure import Control, Item
 from hospital_node import approvals, usage
 from hospital_node.audit import AuditLog
-from hospital_node.gate import identity_line
+from hospital_node.identity import existing_public_line
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
 from workbench import models
 from workbench.protocol import Protocol
+from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 from workbench.training_spec import TrainingSpec
 
 
@@ -49,9 +50,9 @@ def _training(site: Site, spec: TrainingSpec) -> list[str]:
     privacy = spec.privacy
     return [
         f"Training '{spec.id}' ({spec.task}, model {spec.architecture}, {spec.rounds} rounds, {spec.strategy}) reads {reads}",
-        f"  each round sends: the model's {weights:,} weights ({weights * 4:,} bytes) after local DP-SGD, the number "
-        "of training rows, the training loss and the ε spent so far",
-        "  each evaluation sends: held-out loss, accuracy, AUC and the number of held-out rows (refused below the minimum count)",
+        f"  the model's weights: {weights:,} parameters ({weights * 4:,} bytes) per round",
+        *[f"  {item.phase:<9} {item.key:<20} {item.meaning} ({_rule(item, site).removeprefix('→ ')})"
+          for item in TRAINING_MANIFEST],
         f"  privacy: DP-SGD (Opacus), target ε = {privacy.target_epsilon:g} for the whole training at δ = {privacy.delta:g}, "
         f"clipping norm {privacy.max_grad_norm:g}; this site's budget: max_epsilon {site.policy.max_epsilon:g}",
     ]
@@ -77,7 +78,7 @@ def conflicts(site: Site, protocol: Protocol) -> list[str]:
     if not protocol.model.privacy.secure_aggregation and not site.policy.clear_aggregation:
         problems.append("secure aggregation is off but the site's policy has clear_aggregation = false")
     pinned = protocol.model.federation.sites
-    if protocol.model.privacy.secure_aggregation and pinned and pinned.get(site.id) != identity_line(site):
+    if protocol.model.privacy.secure_aggregation and pinned and pinned.get(site.id) != existing_public_line(site):
         problems.append("[federation.sites] does not pin this site's identity key (workbench node identity prints it)")
     return problems
 
@@ -93,14 +94,14 @@ def _aggregation(site: Site, protocol: Protocol) -> list[str]:
         f"{str(site.policy.clear_aggregation).lower()}).",
         f"Peers pinned by the protocol ({len(pinned)}): "
         + (
-            ", ".join(f"{name} {_fingerprint(line)}" for name, line in pinned.items())
+            ", ".join(f"{name} {fingerprint(line)}" for name, line in pinned.items())
             or "none — masked rounds will be refused"
         ),
     ]
     return lines
 
 
-def _fingerprint(line: str) -> str:
+def fingerprint(line: str) -> str:
     """SHA256:… of an OpenSSH public key, as `ssh-keygen -l` prints it."""
     blob = base64.b64decode(line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

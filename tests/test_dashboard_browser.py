@@ -158,4 +158,8 @@ def test_design_run_and_read_the_lung_study_in_a_browser(page, dashboard):
     page.get_by_text("chain intact").wait_for()
     _shot(page, "audit")
     _page(page, "Ethics export")
+    page.get_by_role("button", name="Generate the ethics-review pack").click()
+    page.get_by_role("button", name="Download ethics.pdf").wait_for(timeout=120_000)
+    document = page.frame_locator("iframe").first
+    document.get_by_role("heading", name="4. What leaves each site").wait_for()
     _shot(page, "ethics")

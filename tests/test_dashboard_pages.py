@@ -105,8 +105,14 @@ def test_run_shows_progress_refusals_and_the_outcome(workspace):
     assert run_button.disabled  # no site has approved the draft: none is selected, nothing can start
 
 
-def _results_workspace(workspace: Path, demo_run: Path) -> None:
-    shutil.copytree(demo_run, workspace / "runs" / "20260101-000000-000000" / "out")
+def _results_workspace(workspace: Path, demo_run: Path) -> Path:
+    """The demo run as the dashboard's run folder (protocol.toml, job.json, out/)."""
+    run = workspace / "runs" / "20260101-000000-000000"
+    shutil.copytree(demo_run, run / "out")
+    shutil.copy(demo_run / "protocol.toml", run / "protocol.toml")
+    sites = [a for folder in sorted((run / "out" / "sites").iterdir()) for a in ("--site", str(folder))]
+    (run / "job.json").write_text(json.dumps({"arguments": ["run", str(run / "protocol.toml"), *sites]}))
+    return run
 
 
 def test_results_render_every_analysis_and_model_for_a_researcher(workspace, demo_run):
@@ -157,3 +163,25 @@ def test_audit_verifies_each_chain_and_searches_its_entries(workspace):
     lines = log.path.read_text().splitlines()
     log.path.write_text(lines[0].replace("steward", "somebody") + "\n" + lines[1] + "\n")
     assert "chain BROKEN — entry 1 (line 1) does not match its hash" in _page("audit").error[0].value
+
+
+def test_the_ethics_pack_of_the_draft_and_of_a_run(workspace, demo_run):
+    (workspace / "draft.toml").write_text(demo.protocol_text(), encoding="utf-8")
+    page = _page("ethics")
+    assert not page.exception and not page.error
+    page.button[0].click().run()
+    assert not page.exception and page.success[0].value.startswith("Generated ")
+    assert [b.label for b in page.get("download_button")] == [
+        "Download ethics.pdf",
+        "Download ethics.html",
+        "Download ethics.json",
+    ]
+    assert (workspace / "ethics" / "draft" / "ethics.pdf").stat().st_size > 50_000
+    run = _results_workspace(workspace, demo_run)
+    page.run()
+    page.selectbox[0].select(run).run()
+    assert not page.success  # this run has no pack yet
+    page.button[0].click().run()
+    assert not page.exception and page.success
+    document = json.loads((run / "ethics" / "ethics.json").read_text())
+    assert document["stage"] == "completed" and all(site["ok"] for site in document["audit"]["sites"])

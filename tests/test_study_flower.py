@@ -19,12 +19,15 @@ from statsmodels.duration.hazard_regression import PHReg
 from analyses import registry
 from analyses.disclosure import Limits
 from analyses.driver import in_memory, run
+from hospital_node.audit import AuditLog
 from hospital_node.cohort import select
+from tests.test_ethics import validate
 from workbench import demo as demo_module
 from workbench import models
 from workbench import protocol as protocol_module
 from workbench.datasets import lung_hospitals
 from workbench.results import json_safe
+from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 
 
 def workbench(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -229,3 +232,39 @@ def test_missing_site_folder_is_refused(demo, tmp_path):
     out, _ = demo
     done = workbench("run", out / "protocol.toml", "--site", tmp_path / "nowhere", "--out", tmp_path / "result")
     _assert_refused(done, tmp_path / "result", "nowhere: site folder not found")
+
+
+def test_ethics_export_of_the_run_agrees_with_the_sites_audit_logs(demo, tmp_path):
+    out, results = demo
+    sites = sorted((out / "sites").iterdir())
+    done = workbench("export", "ethics", out / "protocol.toml", *[a for s in sites for a in ("--site", s)],
+                     "--run", out, "--out", tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "ethics.json").read_text(encoding="utf-8"))
+    validate(document)
+    assert document["stage"] == "completed" and document["run"]["rounds"] == results["rounds"]
+    reported = {site["id"]: site["audit_head"] for site in results["sites"]}
+    for site, audit in zip(sites, document["audit"]["sites"], strict=True):
+        verified = workbench("node", "audit", "verify", "--site", site)
+        assert verified.returncode == 0
+        assert f"{audit['id']}: audit log intact: {audit['entries']} entries, head {audit['head']}" in verified.stdout
+        assert audit["ok"] and audit["run_head"] == reported[audit["id"]] and audit["run_head_entry"] >= 1
+        assert results["protocol_sha256"] in [a["sha256"] for a in audit["approvals"]]
+    ledger = {s["id"]: s["epsilon_spent_by_study"] for s in document["privacy"]["sites"]}
+    spent = {t["id"]: t["spent"] for t in document["privacy"]["trainings"]}
+    for site_id, total in ledger.items():
+        assert total == pytest.approx(spent["lesion"][site_id] + spent["death"][site_id], abs=1e-9)
+    assert all(site["identity_matches"] and site["approval"] for site in document["sites"])
+    html = (tmp_path / "ethics.html").read_text(encoding="utf-8")
+    assert html.count("entry ") >= len(sites) and "BROKEN" not in html
+
+
+def test_the_training_manifest_names_what_the_nodes_released(demo):
+    out, results = demo
+    declared = {(i.phase, i.key) for i in TRAINING_MANIFEST}
+    for entry in AuditLog(out / "sites" / "hospital-1" / "state").entries():
+        if entry["event"] == "release" and entry["phase"] == "evaluate":
+            assert {("evaluate", key) for key in entry["metrics"]} <= declared
+        if entry["event"] == "release" and entry["phase"] == "train":
+            architecture, features = ("cnn", 0) if entry["analysis"] == "lesion" else ("logistic", 5)
+            assert [i["name"] for i in entry["items"]] == list(models.build(architecture, features).state_dict())

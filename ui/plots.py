@@ -21,7 +21,9 @@ def show(figure: Figure, name: str) -> None:
     for column, kind in zip(columns[:2], ("png", "svg"), strict=False):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=kind, bbox_inches="tight", dpi=150)
-        column.download_button(kind.upper(), buffer.getvalue(), file_name=f"{name}.{kind}", key=f"{name}-{kind}")
+        column.download_button(
+            kind.upper(), buffer.getvalue(), file_name=f"{name}.{kind}", key=f"{name}-{kind}", on_click="ignore"
+        )
     plt.close(figure)
 
 

@@ -15,7 +15,9 @@ from ui.roles import Role
 def table(frame: pd.DataFrame, name: str, index: bool = True) -> None:
     """A table with a CSV download."""
     st.dataframe(frame, width="stretch", hide_index=not index)
-    st.download_button("CSV", frame.to_csv(index=index).encode(), file_name=f"{name}.csv", key=f"{name}-csv")
+    st.download_button(
+        "CSV", frame.to_csv(index=index).encode(), file_name=f"{name}.csv", key=f"{name}-csv", on_click="ignore"
+    )
 
 
 def count(value: Any, role: Role) -> Any:

@@ -7,7 +7,9 @@ embedded simulation) and every run:
 workspace/
   draft.toml      the protocol being designed
   sites/<site>/   site folders (hospital_node layout)
-  runs/<run>/     protocol.toml, job.json, log.txt, status.json and out/ (results, transcript, models)
+  runs/<run>/     protocol.toml, job.json, log.txt, status.json, out/ (results, transcript, models)
+                  and ethics/ (the ethics-review pack of that run)
+  ethics/draft/   the ethics-review pack of the draft protocol
 ```
 """
 
@@ -163,6 +165,32 @@ def start_run(workspace: Path, protocol: Protocol, folders: list[Path]) -> Path:
         subprocess.Popen([sys.executable, "-m", "workbench.job", str(run)], stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)  # fmt: skip
     return run
+
+
+def ethics_folder(workspace: Path, run: Path | None) -> Path:
+    """Where the ethics-review pack of a run (or, for None, of the draft protocol) is written."""
+    return run / "ethics" if run else workspace / "ethics" / "draft"
+
+
+def ethics_for_draft(workspace: Path, protocol: Protocol) -> Path:
+    """The ethics-review pack of the draft protocol, with the workspace's sites (what will happen)."""
+    from workbench.ethics import export
+
+    out = ethics_folder(workspace, None)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.toml").write_text(protocol.text, encoding="utf-8")
+    export(out / "protocol.toml", site_folders(workspace), None, out)
+    return out
+
+
+def ethics_for_run(run: Path) -> Path:
+    """The ethics-review pack of a finished run, with the sites it ran on (what did happen)."""
+    from workbench.ethics import export
+
+    arguments = json.loads((run / "job.json").read_text())["arguments"]
+    sites = [Path(arguments[k + 1]) for k, flag in enumerate(arguments) if flag == "--site"]
+    export(run / "protocol.toml", sites, run / "out", ethics_folder(run.parent.parent, run))
+    return ethics_folder(run.parent.parent, run)
 
 
 def run_state(run: Path) -> dict[str, Any]:

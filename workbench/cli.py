@@ -87,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("protocol", type=Path)
     validate.set_defaults(command=_validate)
 
+    export = commands.add_parser("export", help="documents generated from a protocol")
+    export_steps = export.add_subparsers(required=True, metavar="DOCUMENT")
+    ethics = export_steps.add_parser(
+        "ethics", help="the ethics-review and data-protection pack: ethics.html, ethics.pdf, ethics.json"
+    )
+    ethics.add_argument("protocol", type=Path, help="protocol TOML file")
+    ethics.add_argument("--site", dest="sites", action="append", type=Path, default=[], metavar="DIR",
+                        help="a site folder: adds its policy, approval and audit chain (repeat for each site)")  # fmt: skip
+    ethics.add_argument("--run", type=Path, metavar="OUT", help="a finished run's folder: adds what did happen")
+    ethics.add_argument("--out", type=Path, required=True, help="folder for the documents")
+    ethics.add_argument("--lang", default="en", help="template language (default: en)")
+    ethics.add_argument("--templates", type=Path, metavar="DIR", help="folder with ethics.<lang>.html.j2 translations")
+    ethics.set_defaults(command=_export_ethics)
+
     node = commands.add_parser("node", help="a hospital data steward's tools for one site folder")
     steps = node.add_subparsers(required=True, metavar="ACTION")
     approve = steps.add_parser("approve", help="review what a protocol computes and releases, then approve it")
@@ -189,7 +203,20 @@ def _demo(args: argparse.Namespace) -> int:
     demo.approve(sites, study)
     print(f"demo: approved protocol {study.sha256[:12]} at {', '.join(s.name for s in sites)}, as each hospital's "
           "data steward would after reviewing `workbench node approve`", file=sys.stderr)  # fmt: skip
-    return _execute(study, sites, out, quiet=False)
+    code = _execute(study, sites, out, quiet=False)
+    from workbench.ethics import export
+
+    export(protocol_path, sites, out, out / "ethics")
+    print(f"demo: ethics-review pack (PDF, HTML, JSON) in {out / 'ethics'}", file=sys.stderr)
+    return code
+
+
+def _export_ethics(args: argparse.Namespace) -> int:
+    from workbench.ethics import export
+
+    written = export(args.protocol, args.sites, args.run, args.out, args.lang, args.templates)
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -34,7 +34,13 @@ class StudySection(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     title: str = Field(min_length=1)
+    version: str = "1"
     description: str = ""
+    purpose: str = Field("", description="why the study is done (ethics review, GDPR Art. 35(7)(a))")
+    research_questions: list[str] = Field(default_factory=list)
+    principal_investigator: str = ""
+    lawful_basis: str = Field("", description="e.g. GDPR Art. 6(1)(e) and 9(2)(j): scientific research in the public interest")
+    retention: str = Field("", description="how long results and logs are kept")
 
 
 Operator = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "missing", "not missing"]

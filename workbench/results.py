@@ -30,7 +30,7 @@ def build(protocol: Protocol, run: StudyRun, engine: str) -> dict[str, Any]:
         "protocol_sha256": protocol.sha256,
         "engine": engine,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "software": {name: _version(name) for name in ("multicenter-workbench", "flwr", "numpy", "pandas", "scipy")},
+        "software": software(),
         "sites": [
             {"id": site, "rows": reply.rows, "usage": reply.usage, "audit_head": reply.audit_head}
             for site, reply in sorted(run.sites.items())
@@ -108,6 +108,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
+
+
+SOFTWARE = ("multicenter-workbench", "flwr", "numpy", "pandas", "scipy", "torch", "opacus", "monai", "pydicom",
+            "cryptography")  # fmt: skip
+
+
+def software() -> dict[str, str]:
+    """Versions of the packages a study's numbers depend on."""
+    return {name: _version(name) for name in SOFTWARE}
 
 
 def _version(distribution: str) -> str:

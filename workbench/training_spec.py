@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from analyses.disclosure import Control, Item
+
 IMAGE_MODELS = ("cnn", "densenet_small", "densenet121")
 TABLE_MODELS = ("logistic", "mlp")
 
@@ -75,3 +77,18 @@ class TrainingSpec(BaseModel):
     def columns(self) -> list[str]:
         """Cohort columns this training reads (none for images: they come with their labels file)."""
         return [self.outcome, *self.features] if self.task == "tabular_classification" else []
+
+
+MANIFEST = (
+    Item("train", "<parameter tensors>", "the model's own tensor shapes", "the model's weights after this "
+         "round's local DP-SGD (float32)"),
+    Item("train", "num-examples", "(1,)", "training rows used this round"),
+    Item("train", "train-loss", "(1,)", "mean training loss of the last local epoch"),
+    Item("train", "epsilon", "(1,)", "ε this training has spent at the site so far"),
+    Item("train", "skipped", "text", "image tasks: unreadable DICOM files per reason (counts)"),
+    Item("evaluate", "num-examples", "(1,)", "held-out rows", Control.MINIMUM),
+    Item("evaluate", "loss", "(1,)", "held-out cross-entropy of the global model"),
+    Item("evaluate", "accuracy", "(1,)", "held-out accuracy at the 0.5 threshold"),
+    Item("evaluate", "auc", "(1,)", "held-out ROC AUC"),
+)  # fmt: skip
+"""What a site returns per training round and per evaluation (the node's train handler sends these)."""

@@ -116,7 +116,9 @@ if protocol is None:
     st.error(f"Not valid yet: {problem}")
 else:
     st.success(f"Valid protocol · SHA-256 {protocol.sha256}")
-st.download_button("Download protocol.toml", text.encode(), file_name="protocol.toml", key="download-protocol")
+st.download_button(
+    "Download protocol.toml", text.encode(), file_name="protocol.toml", key="download-protocol", on_click="ignore"
+)  # no rerun: a rerun can cancel the download in flight
 st.code(text, language="toml")
 if protocol is not None:
     st.header("What leaves each site")
