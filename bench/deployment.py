@@ -24,12 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from actg_sites import approved, site_folders
 
-from hospital_node import approvals
-from hospital_node.gate import identity_line
-from hospital_node.site import open_site
-from workbench.datasets import actg175, partition
-from workbench.protocol import parse
+from workbench.datasets import actg175
 
 PROTOCOL = """
 [study]
@@ -48,7 +45,6 @@ duration = "days"
 event = "cens"
 covariates = ["age", "karnof", "cd40"]
 """
-POLICY = "[policy]\nmin_cell_count = 1\nclear_aggregation = true\n"
 
 
 def workbench(*args: object) -> list[str]:
@@ -68,16 +64,8 @@ def timings(out: Path, wall: float) -> dict[str, float]:
 
 
 def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
-    sites = []
-    for site_id, rows in partition(actg175(), count).items():
-        (folder / site_id).mkdir(parents=True)
-        (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{POLICY}')
-        rows.to_csv(folder / site_id / "patients.csv", index=False)
-        sites.append(folder / site_id)
-    text = PROTOCOL + "\n[federation.sites]\n" + "".join(f'{s.name} = "{identity_line(open_site(s))}"\n' for s in sites)
-    (folder / "protocol.toml").write_text(text)
-    for site in sites:
-        approvals.approve(open_site(site), parse(text), by="benchmark")
+    sites = site_folders(actg175(), count, folder)
+    approved(PROTOCOL, sites, folder / "protocol.toml")
     started = time.perf_counter()
     subprocess.run(workbench("run", folder / "protocol.toml", *[a for s in sites for a in ("--site", s)],
                              "--out", folder / "simulated", "--quiet"), check=True)  # fmt: skip

@@ -24,45 +24,15 @@ import time
 from pathlib import Path
 
 import psutil
+from actg_sites import COVARIATES, SUITE, approved, site_folders
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 
 from analyses.driver import run_in_memory
-from hospital_node import approvals
-from hospital_node.site import open_site
 from workbench import protocol as protocols
 from workbench.datasets import actg175, partition
 
-COVARIATES = ["age", "karnof", "cd40"]
-"""Three, so that sites of ~10 patients pass the nodes' default guard of 3 rows per regression parameter."""
-POLICY = "[policy]\nmin_cell_count = 1\n"
-"""Sites of ~10 patients release nothing under a real minimum; this measures the machinery, not the policy."""
-PROTOCOL = f"""
-[study]
-id = "actg175-scaling"
-title = "Survival suite on ACTG 175"
-
-[[analysis]]
-id = "km"
-type = "kaplan_meier"
-duration = "days"
-event = "cens"
-group = "arms"
-
-[[analysis]]
-id = "logrank"
-type = "logrank"
-duration = "days"
-event = "cens"
-group = "arms"
-
-[[analysis]]
-id = "cox"
-type = "cox"
-duration = "days"
-event = "cens"
-covariates = {json.dumps(COVARIATES)}
-"""
+PROTOCOL = '[study]\nid = "actg175-scaling"\ntitle = "Survival suite on ACTG 175"\n' + SUITE
 
 
 def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.05) -> list[int]:
@@ -86,16 +56,10 @@ def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.05) -> list
     return peak
 
 
-def flower(rows, sites: int, folder: Path) -> dict[str, float]:
-    paths = []
-    study = protocols.parse(PROTOCOL)
-    for site_id, site_rows in partition(rows, sites).items():
-        (folder / site_id).mkdir(parents=True)
-        (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{POLICY}')
-        site_rows.to_csv(folder / site_id / "patients.csv", index=False)
-        approvals.approve(open_site(folder / site_id), study, by="benchmark")
-        paths += ["--site", str(folder / site_id)]
-    (folder / "protocol.toml").write_text(PROTOCOL)
+def flower(rows, count: int, folder: Path) -> dict[str, float]:
+    sites = site_folders(rows, count, folder)
+    approved(PROTOCOL, sites, folder / "protocol.toml")
+    paths = [arg for site in sites for arg in ("--site", str(site))]
     command = [sys.executable, "-m", "workbench.cli", "run", str(folder / "protocol.toml"), *paths,
                "--out", str(folder / "out"), "--quiet"]  # fmt: skip
     started = time.perf_counter()
@@ -103,7 +67,7 @@ def flower(rows, sites: int, folder: Path) -> dict[str, float]:
     peak = peak_tree_rss(process)
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        raise SystemExit(f"{sites} sites failed: {process.stderr.read().decode() if process.stderr else ''}")
+        raise SystemExit(f"{count} sites failed: {process.stderr.read().decode() if process.stderr else ''}")
     results = json.loads((folder / "out" / "results.json").read_text())
     return {"wall": wall, "study": results["seconds"], "rounds": results["rounds"], "peak_mb": peak[0] / 2**20}
 

@@ -22,55 +22,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from actg_sites import SUITE, approved, site_folders
 
-from hospital_node import approvals
-from hospital_node.gate import identity_line
-from hospital_node.site import open_site
-from workbench import protocol as protocols
-from workbench.datasets import actg175, partition
+from workbench.datasets import actg175
 
-SUITE = """
-[study]
-id = "actg175-secure-aggregation"
-title = "Survival suite on ACTG 175"
-{privacy}
-[[analysis]]
-id = "km"
-type = "kaplan_meier"
-duration = "days"
-event = "cens"
-group = "arms"
-
-[[analysis]]
-id = "logrank"
-type = "logrank"
-duration = "days"
-event = "cens"
-group = "arms"
-
-[[analysis]]
-id = "cox"
-type = "cox"
-duration = "days"
-event = "cens"
-covariates = ["age", "karnof", "cd40"]
-"""
-POLICY = "[policy]\nmin_cell_count = 1\nclear_aggregation = true\n"
-"""Sites of ~30 patients release nothing under a real minimum; this measures the aggregation."""
+HEADER = '[study]\nid = "actg175-secure-aggregation"\ntitle = "Survival suite on ACTG 175"\n'
 
 
 def run(folder: Path, sites: list[Path], secure: bool) -> dict[str, float]:
-    pinned = "\n[federation.sites]\n" + "".join(f'{open_site(s).id} = "{identity_line(open_site(s))}"\n' for s in sites)
-    text = SUITE.format(privacy="" if secure else "[privacy]\nsecure_aggregation = false\n") + pinned
-    study = protocols.parse(text)
-    for site in sites:
-        approvals.approve(open_site(site), study, by="benchmark")
     path = folder / f"protocol-{secure}.toml"
-    path.write_text(text)
+    approved(HEADER + ("" if secure else "[privacy]\nsecure_aggregation = false\n") + SUITE, sites, path)
     out = folder / f"out-{secure}"
     arguments = [arg for site in sites for arg in ("--site", str(site))]
     done = subprocess.run([sys.executable, "-m", "workbench.cli", "run", str(path), *arguments, "--out", str(out), "--quiet"],
-                          capture_output=True, text=True)  # fmt: skip
+                          check=False, capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     attempts = json.loads((out / "transcript" / "index.json").read_text())
@@ -99,12 +64,7 @@ def main() -> None:
     for count in args.sites:
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
-            sites = []
-            for site_id, site_rows in partition(rows, count).items():
-                (folder / site_id).mkdir()
-                (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{POLICY}')
-                site_rows.to_csv(folder / site_id / "patients.csv", index=False)
-                sites.append(folder / site_id)
+            sites = site_folders(rows, count, folder)
             clear = run(folder, sites, secure=False)
             masked = run(folder, sites, secure=True)
         for label, r in (("clear", clear), ("masked", masked)):
