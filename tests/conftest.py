@@ -113,3 +113,11 @@ def protocol_text(*blocks: str, filters: str = "[]") -> str:
     """A protocol with the given [[analysis]] blocks (TOML body without the header)."""
     header = f'[study]\nid = "test"\ntitle = "Test study"\n[cohort]\ntable = "patients"\nfilters = {filters}\n'
     return header + "".join(f"[[analysis]]\n{block.strip()}\n" for block in blocks)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Keep each phase's report on the test item, so a fixture can tell whether its test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

@@ -71,6 +71,18 @@ def page(dashboard):
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def evidence(request, page, dashboard):
+    """On failure: a screenshot in tests/artifacts/failure.png, and the page's text and the end of the
+    dashboard's log printed into the test report (CI keeps only the report)."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        print("page text:", page.locator("body").inner_text()[-3000:], sep="\n")
+        print("dashboard log:", (dashboard[1] / "streamlit.log").read_text()[-3000:], sep="\n")
+
+
 def _page(tab, name: str) -> None:
     tab.get_by_role("link", name=name).click()
     tab.get_by_role("heading", name=name if name != "Ethics export" else "Ethics-review export").wait_for()

@@ -65,14 +65,20 @@ filters = st.data_editor(
 )
 cohort["filters"] = [forms.filter_of(row) for row in filters.to_dict("records") if row.get("column") and row.get("op")]
 
+
+def _listed(draft: dict, section: str, kind: str) -> None:
+    """The draft's blocks of one section, each in an expander with a Remove button."""
+    for number, block in enumerate(list(draft[section])):
+        with st.expander(f"{block.get('id')} · {block.get(kind)}"):
+            st.json(block)
+            if st.button("Remove", key=f"remove-{section}-{number}"):
+                draft[section].pop(number)
+                state.save(draft)
+                st.rerun()
+
+
 st.header("Analyses")
-for number, block in enumerate(list(draft["analysis"])):
-    with st.expander(f"{block.get('id')} · {block.get('type')}"):
-        st.json(block)
-        if st.button("Remove", key=f"remove-analysis-{number}"):
-            draft["analysis"].pop(number)
-            state.save(draft)
-            st.rerun()
+_listed(draft, "analysis", "type")
 kind = st.selectbox("Add an analysis", list(TYPES), key="new-analysis-type")
 with st.form("new-analysis", clear_on_submit=False):
     identifier = st.text_input("Analysis id", key="new-analysis-id")
@@ -87,13 +93,7 @@ with st.form("new-analysis", clear_on_submit=False):
             st.error("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors()))
 
 st.header("Model training (differential privacy)")
-for number, block in enumerate(list(draft["training"])):
-    with st.expander(f"{block.get('id')} · {block.get('task')}"):
-        st.json(block)
-        if st.button("Remove", key=f"remove-training-{number}"):
-            draft["training"].pop(number)
-            state.save(draft)
-            st.rerun()
+_listed(draft, "training", "task")
 with st.form("new-training"):
     identifier = st.text_input("Training id", key="new-training-id")
     block = {"id": identifier, **forms.fields(TrainingSpec, columns, key="new-training")}
