@@ -79,12 +79,35 @@ def complete_cases(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return frame.dropna(subset=list(dict.fromkeys(columns)))
 
 
-def distinct(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """Distinct non-missing values, as floats for numeric columns and text otherwise."""
-    series = frame[name].dropna()
+def presence(frame: pd.DataFrame, name: str, declared: Sequence[Level], strict: bool = True) -> np.ndarray:
+    """1 for each declared level some row holds, else 0 (what a site sends instead of its own levels).
+
+    With `strict`, a present value the protocol does not declare is a DataError naming the column;
+    the value itself goes only into the error's `private` part, for the site's own log.
+    """
+    numeric_column = kind(frame, name) == NUMERIC
+    if declared and isinstance(declared[0], str) == numeric_column:
+        held, declared_as = ("numbers", "text") if numeric_column else ("text", "numbers")
+        raise DataError(f"column '{name}' holds {held} here but the protocol's [variables] '{name}' levels are "
+                        f"{declared_as}; declare them as the column holds them")  # fmt: skip
+    held = set(present(frame, name))
+    wanted = [float(level) if numeric_column else str(level) for level in declared]
+    unknown = sorted(held.difference(wanted))
+    if strict and unknown:
+        raise DataError(
+            f"column '{name}' holds a value the protocol does not declare in its [variables] '{name}' levels; "
+            "the site's data steward finds it in the node's audit log",
+            private=f"column '{name}': undeclared value(s) {', '.join(label(v) for v in unknown[:5])}",
+        )
+    return np.array([level in held for level in wanted], dtype=np.int64)
+
+
+def present(frame: pd.DataFrame, name: str) -> list[Level]:
+    """Distinct non-missing values: floats for a numeric column, text otherwise."""
+    values = require(frame, name).dropna()
     if kind(frame, name) == NUMERIC:
-        return np.unique(series.to_numpy(dtype=float))
-    return np.unique(series.astype(str).to_numpy(dtype=str))
+        return sorted(set(values.to_numpy(dtype=float).tolist()))
+    return sorted(set(values.astype(str).tolist()))
 
 
 def codes(frame: pd.DataFrame, name: str, levels: Sequence[Level]) -> np.ndarray:
@@ -96,7 +119,11 @@ def codes(frame: pd.DataFrame, name: str, levels: Sequence[Level]) -> np.ndarray
     else:
         keys = values.astype(str).to_numpy()
         lookup = {str(level): i for i, level in enumerate(levels)}
-    return np.array([lookup[key] for key in keys], dtype=np.int64)
+    try:
+        return np.array([lookup[key] for key in keys], dtype=np.int64)
+    except KeyError:
+        raise DataError(f"column '{name}' holds a value outside the study's agreed levels: did the table change "
+                        "during the study?") from None  # fmt: skip
 
 
 def label(level: Level) -> str:

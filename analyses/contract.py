@@ -10,16 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from analyses import fixed_point
 
 Contribution = dict[str, np.ndarray]
-"""Flat mapping of names to numeric (or, for discovery, text) arrays."""
+"""Flat mapping of names to numeric (or, for column kinds, text) arrays."""
 
-Reduce = Literal["sum", "union"]
+PUBLIC = "kind:"
+"""Prefix of the only values a site sends in the clear under secure aggregation: whether a column is
+numeric or text. They are combined as the union of distinct values; every other array is summed."""
+
+
+def public(key: str) -> bool:
+    """Whether `key` is a column kind (never masked, combined as a union) rather than an additive array."""
+    return key.startswith(PUBLIC)
 
 
 @dataclass(frozen=True)
@@ -27,21 +34,18 @@ class Query:
     """One request an analysis sends to every site in a round.
 
     `phase` names the computation, `params` holds JSON-able values (the current
-    coefficients, the agreed time grid, ...). `reduce` says how site replies are
-    combined: element-wise `sum` (the default, additive contributions) or
-    `union` of distinct values (only for discovering levels and time grids).
+    coefficients, the agreed levels and follow-up axis, ...).
     """
 
     phase: str
     params: dict[str, Any] = field(default_factory=dict)
-    reduce: Reduce = "sum"
 
     def to_json(self) -> dict[str, Any]:
-        return {"phase": self.phase, "params": self.params, "reduce": self.reduce}
+        return {"phase": self.phase, "params": self.params}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Query:
-        return cls(phase=data["phase"], params=dict(data.get("params", {})), reduce=data.get("reduce", "sum"))
+        return cls(phase=data["phase"], params=dict(data.get("params", {})))
 
 
 Plan = Generator[Query, Contribution, dict[str, Any]]
@@ -51,8 +55,13 @@ Plan = Generator[Query, Contribution, dict[str, Any]]
 class DataError(Exception):
     """A site's data cannot answer a query (unknown column, text in a numeric column, ...).
 
-    Raised on the node; the message names the column and says what to do.
+    Raised on the node; the message names the column and says what to do. `private` holds what
+    only the site's own steward may read (e.g. the undeclared value found): it stays in the node's log.
     """
+
+    def __init__(self, message: str, private: str = "") -> None:
+        super().__init__(message)
+        self.private = private
 
 
 class AnalysisError(Exception):
@@ -74,18 +83,18 @@ class Refusal(AnalysisError):
         super().__init__("refused by " + "; ".join(parts))
 
 
-def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduce) -> Contribution:
+def reduce_contributions(replies: Iterable[tuple[str, Contribution]]) -> Contribution:
     """Combine site replies in site-id order, so any answer order gives identical bits.
 
-    `sum` adds arrays element-wise, exactly (see `analyses.fixed_point`); `union` returns the
-    sorted distinct values per key.
+    Additive arrays are summed element-wise, exactly (see `analyses.fixed_point`); column kinds
+    (`public` keys) become the sorted distinct values.
     """
     ordered = sorted(replies, key=lambda item: item[0])
     keys = sorted({key for _, contribution in ordered for key in contribution})
     total: Contribution = {}
     for key in keys:
         arrays = [np.asarray(contribution[key]) for _, contribution in ordered if key in contribution]
-        if how == "sum":
+        if not public(key):
             shapes = {a.shape for a in arrays}
             if len(shapes) != 1 or len(arrays) != len(ordered):
                 raise AnalysisError(f"sites sent different shapes for '{key}': {sorted(shapes)}")
@@ -95,23 +104,20 @@ def reduce_contributions(replies: Iterable[tuple[str, Contribution]], how: Reduc
                 raise AnalysisError(f"'{key}': {error}; rescale the variable") from None
             total[key] = fixed_point.decode(limbs, integer=all(a.dtype.kind in "iub" for a in arrays))
         else:
-            present = [a.ravel() for a in arrays if a.size]
-            if len({a.dtype.kind in "US" for a in present}) > 1:
-                raise AnalysisError(f"'{key.split(':', 1)[-1]}' holds numbers at some sites and text at others")
-            total[key] = np.unique(np.concatenate(present)) if present else np.array([])
+            total[key] = np.unique(np.concatenate([a.ravel() for a in arrays]))
     return total
 
 
 def reduce_queries(
-    replies: Iterable[tuple[str, Mapping[str, Contribution]]], queries: Mapping[str, Query]
+    replies: Iterable[tuple[str, Mapping[str, Contribution]]], queries: Iterable[str]
 ) -> dict[str, Contribution | AnalysisError]:
     """Per analysis, the combined site replies, or the error that prevents combining them."""
     replies = list(replies)
     totals: dict[str, Contribution | AnalysisError] = {}
-    for analysis_id, query in queries.items():
+    for analysis_id in queries:
         try:
             totals[analysis_id] = reduce_contributions(
-                [(site, contributions[analysis_id]) for site, contributions in replies], query.reduce
+                [(site, contributions[analysis_id]) for site, contributions in replies]
             )
         except AnalysisError as error:
             totals[analysis_id] = error

@@ -1,6 +1,6 @@
 """Contingency table of two columns with Pearson's χ² test (and Fisher's exact test for 2×2).
 
-Rounds: discover (levels) → cell counts. The tests run on the pooled table with
+Rounds: discover (levels in use) → cell counts. The tests run on the pooled table with
 scipy, so they equal scipy on the pooled rows whenever the table does.
 """
 
@@ -38,9 +38,13 @@ class CrosstabSpec(Spec):
     def columns(self) -> list[str]:
         return [self.row, self.column]
 
+    def grouping(self) -> list[str]:
+        return self.columns()
 
-def plan(spec: CrosstabSpec) -> Plan:
-    schema = discovery.read((yield discovery.query(used=spec.columns(), grouping=spec.columns())))
+
+def plan(spec: CrosstabSpec, declared: discovery.Declared) -> Plan:
+    ask = discovery.query(declared, grouping=spec.columns())
+    schema = discovery.read((yield ask), ask)
     rows, cols = schema.levels[spec.row], schema.levels[spec.column]
     for name, levels in ((spec.row, rows), (spec.column, cols)):
         if len(levels) < 2:
@@ -58,7 +62,7 @@ def plan(spec: CrosstabSpec) -> Plan:
         "table": reported(lower.tolist(), upper.tolist()),
     }
     if np.any(lower != upper):
-        result["tests"] = "not computed: some sites released small cells as ranges (minimum cell count)"
+        result["tests"] = "not computed: small cells are published as ranges (minimum cell count)"
         return result
     table = lower
     chi2 = stats.chi2_contingency(table, correction=spec.correction)

@@ -1,6 +1,6 @@
 """Descriptive statistics per variable: n, missing, mean and sd; counts per level for text columns.
 
-Rounds: discover (kinds, levels) → n, missing, Σx and level counts → Σ(x − x̄)²
+Rounds: discover (kinds, levels in use) → n, missing, Σx and level counts → Σ(x − x̄)²
 around the pooled mean (two passes, so the sd is numerically stable).
 """
 
@@ -16,11 +16,12 @@ from analyses import columns as col
 from analyses import discovery
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
-from analyses.spec import Spec
+from analyses.spec import RowSet, Spec
 
 MANIFEST = (
     *DISCOVERY,
     Item("moments", "rows", "(1,)", "rows in the cohort", Control.MINIMUM),
+    Item("moments", "n_dropped", "(1,)", "rows left out for a missing value in the study's variables"),
     Item("moments", "n:*", "(1,)", "non-missing values of a variable", Control.MINIMUM),
     Item("moments", "missing:*", "(1,)", "missing values of a variable"),
     Item("moments", "sum:*", "(1,)", "sum of a numeric variable"),
@@ -39,12 +40,16 @@ class DescribeSpec(Spec):
     def columns(self) -> list[str]:
         return list(self.variables)
 
-    def row_sets(self, frame: pd.DataFrame) -> list[pd.Index]:
-        return [frame.index, *(col.require(frame, name).dropna().index for name in self.variables)]
+    def drops(self) -> list[str]:
+        return []  # each variable is summarized over its own values
+
+    def row_sets(self, frame: pd.DataFrame) -> list[RowSet]:
+        return [(frame.index, []), *((col.require(frame, name).dropna().index, [name]) for name in self.variables)]
 
 
-def plan(spec: DescribeSpec) -> Plan:
-    schema = discovery.read((yield discovery.query(used=[], covariates=spec.variables)))
+def plan(spec: DescribeSpec, declared: discovery.Declared) -> Plan:
+    ask = discovery.query(declared, covariates=spec.variables)
+    schema = discovery.read((yield ask), ask)
     base = schema.params()
     first = yield Query("moments", base)
     numeric = [name for name in spec.variables if schema.kinds[name] == col.NUMERIC]
@@ -61,7 +66,8 @@ def plan(spec: DescribeSpec) -> Plan:
             continue
         sd = float(np.sqrt(second[f"ss:{name}"][0] / (n - 1))) if n > 1 else None
         variables[name] = {"kind": col.NUMERIC, "n": n, "missing": missing, "mean": means.get(name), "sd": sd}
-    return {"type": "describe", "n": int(first["rows"][0]), "n_dropped": 0, "variables": variables}
+    return {"type": "describe", "n": int(first["rows"][0]), "n_dropped": int(first["n_dropped"][0]),
+            "variables": variables}  # fmt: skip
 
 
 def local(spec: DescribeSpec, frame: pd.DataFrame, query: Query) -> Contribution:
@@ -75,6 +81,7 @@ def local(spec: DescribeSpec, frame: pd.DataFrame, query: Query) -> Contribution
                 x = x[~np.isnan(x)]
                 out[f"ss:{name}"] = np.array([np.sum((x - params["means"][name]) ** 2)])
             continue
+        out["n_dropped"] = np.array([0])
         out[f"n:{name}"] = np.array([len(values)])
         out[f"missing:{name}"] = np.array([len(frame) - len(values)])
         if params["kinds"][name] == col.NUMERIC:

@@ -1,9 +1,10 @@
 """Disclosure manifests: what each analysis sends per round, and which counts a node must check.
 
 Every key a site's `local` function returns must match one manifest item of its
-phase; the node refuses to send anything undeclared. Keys starting with `guard:`
-are checked by the node and never sent. The approval screen and the ethics export
-are generated from the same items, so the documentation cannot drift from the code.
+phase; the node refuses to send anything undeclared. The rules apply where values become
+visible: in the clear to each site's own reply (`release`), under secure aggregation to the
+cross-site totals the coordinator publishes (`publish`). The approval screen and the ethics
+export are generated from the same items, so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from analyses.contract import Contribution
+from analyses.contract import AnalysisError, Contribution
 
 UPPER = "~upper"
 """Suffix of the upper-bound array sent beside a count released as a range."""
@@ -62,48 +63,157 @@ class Item:
 
 @dataclass(frozen=True)
 class Limits:
-    """A site's disclosure limits (its policy, or none for in-process runs on trusted data)."""
+    """Disclosure limits: a site's policy on its own replies, or the study's on published cross-site totals."""
 
     min_count: int = 1
     min_time_count: int = 1
     rows_per_parameter: int = 0
-    """Refuse regressions with fewer rows than this many per parameter at the site (DataSHIELD: 3; 0: off)."""
+    """Refuse regressions with fewer rows than this many per parameter (DataSHIELD: 3; 0: off)."""
+    own_share_when_masked: bool = False
+    """Also hold this site's own masked share to its minimums (a steward's stricter choice)."""
 
 
 class Refused(Exception):
     """The site may not release this contribution; the message says why (never the offending value)."""
 
 
-def release(contribution: Contribution, manifest: tuple[Item, ...], phase: str, limits: Limits) -> Contribution:
-    """What may leave the site: guards checked and removed, small RANGE counts widened to [1, k−1].
+def release(
+    contribution: Contribution, manifest: tuple[Item, ...], phase: str, limits: Limits, masked: bool = False
+) -> Contribution:
+    """What may leave the site. Raises Refused for an undeclared key or a count the limits do not allow.
 
-    Raises Refused for an undeclared key or a count the limits do not allow.
+    In the clear (`masked` False) the site's own counts are what the coordinator sees, so every rule
+    applies to them: minimums, guards (checked, then removed) and RANGE counts as honest ranges. Under
+    secure aggregation the share is noise to everyone: rules apply to the cross-site totals instead
+    (`publish`), so guards other than per-time ones are sent masked for that check; a site whose policy
+    says `own_share_when_masked` still applies its own rules first.
     """
+    own = not masked or limits.own_share_when_masked
     released: Contribution = {}
     for key, value in contribution.items():
         item = next((i for i in manifest if i.matches(phase, key)), None)
         if item is None:
             raise Refused(f"'{key}' is not in the analysis' disclosure manifest")
-        k = limits.min_time_count if item.per_time else limits.min_count
-        small = (value > 0) & (value < k) if item.control in (Control.RANGE, Control.MINIMUM, Control.GUARD) else None
-        if item.control in (Control.MINIMUM, Control.GUARD) and np.any(small):
-            raise Refused(f"{item.meaning}: a count between 1 and {k - 1} (the site's minimum is {k})")
-        if item.control == Control.SATURATION and int(value[1]) * limits.rows_per_parameter > value[0]:
-            needed = int(value[1]) * limits.rows_per_parameter
-            raise Refused(
-                f"{int(value[1])} parameters need at least {needed} rows at each site "
-                f"({limits.rows_per_parameter} per parameter)"
-            )
+        if own:
+            check(item, value, limits, Refused)
         if item.control == Control.RANGE:
-            released[key] = np.where(small, 1, value)
-            released[key + UPPER] = np.where(small, k - 1, value)
-        elif item.sent:
+            released[key], released[key + UPPER] = protect(value, limits.min_count) if own else (value, value)
+        elif item.sent or (masked and not item.per_time):
             released[key] = value
     return released
 
 
+def publish(total: Contribution, manifest: tuple[Item, ...], phase: str, limits: Limits, sites: int) -> Contribution:
+    """The study's rules on cross-site totals under secure aggregation, before a plan sees them.
+
+    Counts per time cell are the pooled event table and pass as a pooled analysis would show them;
+    other minimums and guards must hold for the totals (else AnalysisError: nothing is published);
+    RANGE counts below the minimum become honest ranges. `sites` is the number of contributors.
+    """
+    published: Contribution = {}
+    for key, value in total.items():
+        if key.endswith(UPPER):
+            continue
+        item = next(i for i in manifest if i.matches(phase, key))
+        if item.control == Control.SATURATION:
+            value = np.array([value[0], value[1] // max(sites, 1)])  # every site sent the same parameter count
+        if not item.per_time:
+            check(item, value, limits, AnalysisError, totals=True)
+        if item.control == Control.RANGE:
+            lower, upper = bounds(total, key)
+            if np.array_equal(lower, upper):
+                try:
+                    lower, upper = protect(lower, limits.min_count)
+                except Refused as error:
+                    raise AnalysisError(f"not published: {error}") from None
+            published[key], published[key + UPPER] = lower, upper
+        elif item.sent:
+            published[key] = value
+    return published
+
+
+def check(item: Item, value: np.ndarray, limits: Limits, fail: type[Exception], totals: bool = False) -> None:
+    """Raise `fail` if `value` breaks the item's minimum, guard or saturation rule (the message names the rule)."""
+    k = limits.min_time_count if item.per_time else limits.min_count
+    if item.control in (Control.MINIMUM, Control.GUARD) and np.any((value > 0) & (value < k)):
+        if totals:
+            raise fail(f"not published: {item.meaning}: a cross-site total between 1 and {k - 1} "
+                       f"(the sites' largest minimum count is {k})")  # fmt: skip
+        raise fail(f"{item.meaning}: a count between 1 and {k - 1} (the site's minimum is {k})")
+    if item.control == Control.SATURATION and int(value[1]) * limits.rows_per_parameter > value[0]:
+        where = "in all" if totals else "at each site"
+        raise fail(f"{int(value[1])} parameters need at least {int(value[1]) * limits.rows_per_parameter} rows "
+                   f"{where} ({limits.rows_per_parameter} per parameter)")  # fmt: skip
+
+
+def protect(counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Honest ranges for a table of counts whose total is published: small counts and their complements.
+
+    Every count of 1 … k−1 becomes the range [1, k−1]. Because the table's total is known, the
+    largest counts (as many as needed) also become ranges that absorb every combination the small
+    ones could take, so no small count can be recovered by subtraction. Raises Refused when the
+    table has too few large counts to do that.
+    """
+    flat = np.asarray(counts).ravel().astype(np.int64)
+    small = (flat > 0) & (flat < k)
+    lower, upper = flat.copy(), flat.copy()
+    if not small.any():
+        return lower.reshape(np.shape(counts)), upper.reshape(np.shape(counts))
+    lower[small], upper[small] = 1, k - 1
+    down = int(small.sum()) * (k - 1) - int(flat[small].sum())  # how much larger the small counts could be
+    up = int(flat[small].sum()) - int(small.sum())  # … and how much smaller
+    for position, cell in enumerate(np.argsort(-np.where(small, 0, flat), kind="stable")):
+        if flat[cell] < k:
+            break
+        share = min(int(flat[cell]) - k, down)
+        lower[cell], down = flat[cell] - share, down - share
+        if position == 0:
+            upper[cell] = flat[cell] + up
+        if down == 0:
+            return lower.reshape(np.shape(counts)), upper.reshape(np.shape(counts))
+    raise Refused(f"too many counts between 1 and {k - 1} to publish the table even as ranges")
+
+
+def rule(item: Item, limits: Limits, masked: bool) -> str:
+    """In words, what happens to one item before anything leaves (the steward's review, dashboard, ethics pack).
+
+    `limits` are one site's; under secure aggregation the published totals use the largest minimum
+    of the participating sites, which is at least this site's.
+    """
+    k = limits.min_time_count if item.per_time else limits.min_count
+    if item.key.startswith("kind:"):
+        return "sent in the clear (numeric or text; the only item never masked)"
+    if not masked or limits.own_share_when_masked:
+        own = {
+            Control.NONE: "sent",
+            Control.RANGE: f"sent; a count of 1–{k - 1} is sent as the range 1–{k - 1} (and the table's largest "
+            "count widened to match)",
+            Control.MINIMUM: f"sent if each count is 0 or ≥ {k}, else refused",
+            Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
+            Control.SATURATION: f"checked (≥ {limits.rows_per_parameter} rows per parameter), never sent",
+        }[item.control]
+        if not masked:
+            return own
+        if item.control == Control.GUARD and item.per_time:
+            return own
+        return f"{own.removesuffix(', never sent')}; then masked, and the rule applies again to the cross-site total"
+    if item.per_time:
+        if item.control == Control.GUARD:
+            return "not sent (under secure aggregation per-time totals are published as the pooled event table)"
+        return "masked; the cross-site totals are the pooled event table (published as a pooled analysis shows it)"
+    return {
+        Control.NONE: "masked; only the cross-site total is seen",
+        Control.RANGE: f"masked; a cross-site total of 1 to k−1 is published as a range (k = the largest minimum "
+        f"count of the sites, here ≥ {k})",
+        Control.MINIMUM: f"masked; the cross-site total must be 0 or ≥ k, else nothing is published (k ≥ {k})",
+        Control.GUARD: f"masked; checked on the cross-site total (each 0 or ≥ k, k ≥ {k}), never published",
+        Control.SATURATION: f"masked; the cross-site rows must reach {limits.rows_per_parameter} per parameter "
+        "(the largest of the sites' rows per parameter)",
+    }[item.control]
+
+
 def bounds(total: Contribution, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of a RANGE count (equal where every site sent it exactly)."""
+    """Lower and upper bounds of a RANGE count (equal where it is exact)."""
     return total[key], total.get(key + UPPER, total[key])
 
 
@@ -124,19 +234,19 @@ def time_guard(time: np.ndarray, cells: np.ndarray, times: np.ndarray) -> np.nda
 
 
 DISCOVERY = (
-    Item("discover", "kind:*", "(1,)", "whether the column is numeric or text"),
-    Item("discover", "levels:*", "(levels,)", "distinct values of a text or grouping column at the site"),
-    Item("discover", "times", "(times,)", "distinct follow-up times (on the time grid) at the site"),
-    Item("discover", "guard:removals", "(strata, times)", "patients leaving follow-up per time cell",
-         Control.GUARD, per_time=True),
+    Item("discover", "kind:*", "(1,)", "whether the column is numeric or text (never masked)"),
+    Item("discover", "levels:*", "(declared levels,)", "per value the protocol declares for the column: 1 if any "
+         "of the site's rows holds it, else 0"),
+    Item("discover", "follow_up", "(bins,)", "per bin of a public coarse ladder of follow-up: 1 if any of the "
+         "site's durations falls in it, else 0 (sizes the time axis)"),
 )  # fmt: skip
 """Items of the discovery round, part of every analysis' manifest."""
 
 MODEL_MOMENTS = (
     Item("moments", "n", "(1,)", "rows used", Control.MINIMUM),
     Item("moments", "n_dropped", "(1,)", "rows left out for a missing value"),
-    Item("moments", "guard:categories", "(k,)", "rows per covariate category and per binary outcome value "
-         "(checked, not sent)", Control.GUARD),
-    Item("moments", "guard:saturation", "(2,)", "rows and parameters (checked, not sent)", Control.SATURATION),
+    Item("moments", "guard:categories", "(k,)", "rows per covariate category and per binary outcome value",
+         Control.GUARD),
+    Item("moments", "guard:saturation", "(2,)", "rows and parameters", Control.SATURATION),
 )  # fmt: skip
 """The first-round items every regression (GLM, Cox) shares: rows used and DataSHIELD's guards."""

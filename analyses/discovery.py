@@ -1,110 +1,113 @@
-"""The first round of every analysis: agree on column kinds, levels and the time grid.
+"""The first round of every analysis: column kinds, the levels in use and the follow-up axis.
 
-This is the only round whose replies are unions of distinct values rather than
-sums. Sites report, over their complete cases, whether each covariate is numeric
-or categorical, the distinct levels of categorical and grouping columns and,
-for survival analyses, the distinct (event) times.
+No site sends a list of its own values. Column kinds (numeric or text) go in the clear; everything
+else is additive and masked like any other reply: per column whose values the protocol declares,
+a 0/1 per declared level (does any of the site's rows hold it?), and for survival analyses a 0/1
+per bin of a coarse public ladder of follow-up (see `analyses.survival.follow_up`). The coordinator
+learns only how many sites hold each level and reach each bin: it keeps the levels some site
+holds, in sorted order as a pooled analysis would, and sizes the time axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analyses import columns as col
-from analyses.contract import AnalysisError, Contribution, Query
-from analyses.disclosure import time_guard
-from analyses.survival.follow_up import coarsen
+from analyses.contract import AnalysisError, Contribution, DataError, Query
+from analyses.survival import follow_up as axis
+from analyses.survival.follow_up import FollowUp
 
 PHASE = "discover"
 
+Declared = Mapping[str, Sequence[col.Level]]
+"""The protocol's `[variables]`: the values each column may take."""
+
 
 def query(
+    declared: Declared,
     *,
-    used: Sequence[str],
     numeric: Sequence[str] = (),
     covariates: Sequence[str] = (),
     grouping: Sequence[str] = (),
-    survival: tuple[str, str] | None = None,
-    grid: float | None = None,
-    times: Literal["all", "events"] | None = None,
-    cells: Sequence[str] = (),
+    survival: FollowUp | None = None,
 ) -> Query:
-    """A discovery query. `used` are all columns of the analysis (for complete cases).
-
-    With `times`, sites report their distinct (event) times on the `grid`; the node then
-    checks removals per time cell and per level combination of the `cells` columns.
-    """
+    """A discovery query: `numeric` columns must be numbers; `covariates` may be numbers or (declared) text;
+    `grouping` columns must have declared levels; `survival` sizes the time axis."""
     return Query(
         PHASE,
         {
-            "used": list(dict.fromkeys(used)),
             "numeric": list(numeric),
-            "covariates": list(covariates),
-            "grouping": list(grouping),
-            "survival": list(survival) if survival else None,
-            "grid": grid,
-            "times": times,
-            "cells": list(cells),
+            "covariates": {name: _listed(declared.get(name)) for name in covariates},
+            "grouping": {name: _listed(declared[name]) for name in grouping},
+            "follow_up": [survival.duration, survival.event, survival.grid_width] if survival else None,
         },
-        reduce="union",
     )
 
 
-def local(frame: pd.DataFrame, params: dict[str, Any]) -> Contribution:
-    """A site's kinds, levels and distinct times over its complete cases."""
-    rows = col.complete_cases(frame, params["used"])
+def _listed(levels: Sequence[col.Level] | None) -> list[col.Level] | None:
+    return None if levels is None else list(levels)
+
+
+def local(rows: pd.DataFrame, params: dict[str, Any]) -> Contribution:
+    """A site's column kinds (clear) and its 0/1 presence per declared level and per follow-up bin (masked)."""
     out: Contribution = {}
     for name in params["numeric"]:
         col.numeric(rows, name)
-    for name in params["covariates"]:
+    for name, declared in params["covariates"].items():
         kind = col.kind(rows, name)
         out[f"kind:{name}"] = np.array([kind])
-        if kind == col.CATEGORICAL:
-            out[f"levels:{name}"] = col.distinct(rows, name)
-    for name in params["grouping"]:
+        if kind == col.CATEGORICAL and declared is None:
+            raise DataError(
+                f"column '{name}' holds text: declare the values it may take in the protocol's [variables] "
+                f"(e.g. {name} = {{ levels = [\"a\", \"b\"] }})"
+            )
+        if declared is not None:
+            found = col.presence(rows, name, declared)
+            if kind == col.CATEGORICAL:
+                out[f"levels:{name}"] = found
+    for name, declared in params["grouping"].items():
         out[f"kind:{name}"] = np.array([col.kind(rows, name)])
-        out[f"levels:{name}"] = col.distinct(rows, name)
-    if params["survival"]:
-        duration, event = params["survival"]
-        time = coarsen(col.durations(rows, duration), params["grid"])
-        observed = col.events(rows, event)
-        if params["times"]:
-            times = np.unique(time if params["times"] == "all" else time[observed == 1])
-            out["times"] = times
-            local_cells = [col.distinct(rows, name).tolist() for name in params["cells"]]
-            cell, _ = col.cell_codes(rows, params["cells"], dict(zip(params["cells"], local_cells, strict=True)))
-            out["guard:removals"] = time_guard(time, cell, times)
+        out[f"levels:{name}"] = col.presence(rows, name, declared)
+    if params["follow_up"]:
+        duration, event, width = params["follow_up"]
+        col.events(rows, event)
+        out["follow_up"] = axis.presence(axis.cells(col.durations(rows, duration), float(width)))
     return out
 
 
 @dataclass(frozen=True)
 class Schema:
-    """What the sites agreed on: kind per column, levels per categorical/grouping column, times."""
+    """What the sites' totals establish: kind per column, levels in use per categorical column, axis length."""
 
     kinds: dict[str, str] = field(default_factory=dict)
     levels: dict[str, list[col.Level]] = field(default_factory=dict)
-    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cells: int = 0
+    """Cells 0 … cells − 1 of the follow-up axis (0 without a survival column)."""
 
     def params(self) -> dict[str, Any]:
-        """The kinds and levels as query parameters for later rounds."""
-        return {"kinds": self.kinds, "levels": self.levels}
+        """The kinds, levels and axis length as query parameters for later rounds."""
+        return {"kinds": self.kinds, "levels": self.levels, "cells": self.cells}
 
 
-def read(total: Contribution) -> Schema:
-    """Interpret the union of the sites' discovery replies."""
+def read(total: Contribution, query: Query) -> Schema:
+    """Interpret the totals of the sites' discovery replies to `query`."""
     kinds: dict[str, str] = {}
-    levels: dict[str, list[col.Level]] = {}
     for key, values in total.items():
-        prefix, _, name = key.partition(":")
-        if prefix == "kind":
+        if key.startswith("kind:"):
+            name = key.removeprefix("kind:")
             if len(values) != 1:
                 raise AnalysisError(f"column '{name}' is numeric at some sites and text at others; make it consistent")
             kinds[name] = str(values[0])
-        elif prefix == "levels":
-            levels[name] = [str(v) if values.dtype.kind in "US" else float(v) for v in values]
-    return Schema(kinds=kinds, levels=levels, times=np.asarray(total.get("times", np.zeros(0)), dtype=float))
+    declared = {**query.params["covariates"], **query.params["grouping"]}
+    levels = {
+        name: sorted(level for level, sites in zip(declared[name], total[key], strict=True) if sites > 0)
+        for name in declared
+        if (key := f"levels:{name}") in total
+    }
+    cells = axis.axis_length(total["follow_up"]) if "follow_up" in total else 0
+    return Schema(kinds=kinds, levels=levels, cells=cells)

@@ -7,14 +7,17 @@ A study then costs about as many rounds as its longest analysis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from analyses import columns as col
 from analyses import registry
 from analyses.contract import AnalysisError, Contribution, Plan, Query, Refusal, reduce_queries
+from analyses.discovery import Declared
 from analyses.disclosure import Limits, release
+from analyses.columns import Level
 from analyses.spec import Spec
 
 Exchange = Callable[[dict[str, Query]], dict[str, Contribution | AnalysisError]]
@@ -63,15 +66,25 @@ def _advance(
         results[analysis_id] = {"error": str(error)}
 
 
-def in_memory(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec], limits: Limits = Limits()) -> Exchange:
-    """An exchange over site DataFrames held in this process (for notebooks, tests and benchmarks).
+def in_memory(
+    frames: Mapping[str, pd.DataFrame],
+    specs: Mapping[str, Spec],
+    limits: Limits = Limits(),
+    masked: bool = False,
+    population: Mapping[str, Sequence[str]] | None = None,
+) -> Exchange:
+    """An exchange over site DataFrames held in this process (for notebooks, tests, benchmarks and dry runs).
 
-    Each site's reply passes the same disclosure release as on a node, with `limits`.
+    Each site's reply passes the same disclosure release as on a node, with `limits` (`masked`: as a
+    node under secure aggregation, where the site's own share is not held to the minimums).
+    `population` gives per analysis the columns a row needs a value in (default: its own).
     """
 
     def answer(analysis_id: str, frame: pd.DataFrame, query: Query) -> Contribution:
         spec = specs[analysis_id]
-        return release(registry.local(spec, frame, query), registry.manifest(spec), query.phase, limits)
+        needed = population.get(analysis_id) if population else None
+        contribution = registry.local(spec, frame, query, needed)
+        return release(contribution, registry.manifest(spec), query.phase, limits, masked)
 
     def exchange(queries: dict[str, Query]) -> dict[str, Contribution | AnalysisError]:
         replies = [
@@ -83,6 +96,27 @@ def in_memory(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec], lim
     return exchange
 
 
-def run_in_memory(specs: Mapping[str, Spec], frames: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
-    """Run analyses over site DataFrames in this process, exactly as a federation would."""
-    return run({analysis_id: registry.plan(spec) for analysis_id, spec in specs.items()}, in_memory(frames, specs))
+def observed_levels(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec]) -> dict[str, list[Level]]:
+    """Every value the analyses' grouping and text columns hold across `frames` (trusted, in-process data only;
+    a federation takes them from the protocol's `[variables]`). A column numeric in some frames and text in
+    others is left out, so its sites report it."""
+    grouping = {name for spec in specs.values() for name in spec.grouping()}
+    found: dict[str, dict[str, set[Level]]] = {}
+    for frame in frames.values():
+        for name in {name for spec in specs.values() for name in spec.columns()} & set(frame.columns):
+            kind = col.kind(frame, name)
+            if name in grouping or kind == col.CATEGORICAL:
+                found.setdefault(name, {}).setdefault(kind, set()).update(col.present(frame, name))
+    return {name: sorted(next(iter(kinds.values()))) for name, kinds in sorted(found.items()) if len(kinds) == 1}
+
+
+def run_in_memory(
+    specs: Mapping[str, Spec], frames: Mapping[str, pd.DataFrame], declared: Declared | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run analyses over site DataFrames in this process, exactly as a federation would.
+
+    `declared` holds the values of grouping and text columns (default: those the frames hold).
+    """
+    levels = observed_levels(frames, specs) if declared is None else declared
+    plans = {analysis_id: registry.plan(spec, levels) for analysis_id, spec in specs.items()}
+    return run(plans, in_memory(frames, specs))

@@ -1,6 +1,6 @@
 """Generalized linear models (linear, logistic, Poisson) by coordinator-driven Newton/IRLS.
 
-Rounds: discover (levels) → moments (n, Σy: the null model) → Newton steps.
+Rounds: discover (kinds, levels in use) → moments (n, Σy: the null model) → Newton steps.
 Per step a site returns XᵀWX, the score Xᵀ(y − μ), deviance, log-likelihood
 and n at the broadcast β. Canonical links only, so Newton equals IRLS.
 Standard errors use the information at the final β (statsmodels reports the
@@ -54,10 +54,9 @@ class GlmSpec(Spec, Confidence):
         return [self.outcome, *self.covariates, *([self.exposure] if self.exposure else [])]
 
 
-def plan(spec: GlmSpec) -> Plan:
-    schema = discovery.read(
-        (yield discovery.query(used=spec.columns(), numeric=spec.columns()[:1], covariates=spec.covariates))
-    )
+def plan(spec: GlmSpec, declared: discovery.Declared) -> Plan:
+    ask = discovery.query(declared, numeric=spec.columns()[:1], covariates=spec.covariates)
+    schema = discovery.read((yield ask), ask)
     base = {**schema.params(), "covariates": spec.covariates}
     moments = yield Query("moments", base)
     n = int(moments["n"][0])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from analyses import columns as col
 from analyses import crosstab, describe, discovery, glm, ttest
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import Item
@@ -19,7 +21,7 @@ from analyses.survival import cox, kaplan_meier, logrank
 @dataclass(frozen=True)
 class AnalysisType:
     spec: type[Spec]
-    plan: Callable[[Any], Plan]
+    plan: Callable[[Any, discovery.Declared], Plan]
     local: Callable[[Any, pd.DataFrame, Query], Contribution]
     manifest: tuple[Item, ...]
     """Everything a site may return for this analysis, per phase."""
@@ -47,16 +49,24 @@ AnySpec = Annotated[Union[_SPECS], Field(discriminator="type")]  # noqa: UP007
 """Any analysis block of a protocol, told apart by its `type`."""
 
 
-def plan(spec: Spec) -> Plan:
-    """The coordinator's plan for one analysis."""
-    return TYPES[spec.type].plan(spec)  # type: ignore[attr-defined]
+def plan(spec: Spec, declared: discovery.Declared) -> Plan:
+    """The coordinator's plan for one analysis; `declared` holds the protocol's values per column."""
+    return TYPES[spec.type].plan(spec, declared)  # type: ignore[attr-defined]
 
 
-def local(spec: Spec, frame: pd.DataFrame, query: Query) -> Contribution:
-    """A site's answer to one query of one analysis, from its cohort rows."""
+def local(spec: Spec, cohort: pd.DataFrame, query: Query, population: Sequence[str] | None = None) -> Contribution:
+    """A site's answer to one query of one analysis.
+
+    The analysis sees the cohort's rows with a value in every `population` column (default: its own
+    columns); rows dropped that way are added to the `n_dropped` it reports.
+    """
+    rows = col.complete_cases(cohort, spec.drops() if population is None else population)
     if query.phase == discovery.PHASE:
-        return discovery.local(frame, query.params)
-    return TYPES[spec.type].local(spec, frame, query)  # type: ignore[attr-defined]
+        return discovery.local(col.complete_cases(rows, spec.drops()), query.params)
+    out = TYPES[spec.type].local(spec, rows, query)  # type: ignore[attr-defined]
+    if "n_dropped" in out:
+        out["n_dropped"] = out["n_dropped"] + np.int64(len(cohort) - len(rows))
+    return out
 
 
 def manifest(spec: Spec) -> tuple[Item, ...]:

@@ -7,6 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analyses.columns import complete_cases
 
+RowSet = tuple[pd.Index, list[str]]
+"""Rows a released statistic covers, and the columns whose values it is about."""
+
 
 class Spec(BaseModel):
     """Common fields; subclasses add their columns and options. Unknown fields are errors."""
@@ -19,9 +22,17 @@ class Spec(BaseModel):
         """Every column of the cohort table this analysis reads."""
         raise NotImplementedError
 
-    def row_sets(self, frame: pd.DataFrame) -> list[pd.Index]:
-        """The rows each statistic it releases covers (for the node's differencing guard)."""
-        return [complete_cases(frame, self.columns()).index]
+    def grouping(self) -> list[str]:
+        """Columns whose levels define groups, strata or table cells (the protocol must declare their values)."""
+        return []
+
+    def drops(self) -> list[str]:
+        """Columns a row must have a value in to be used (listwise deletion when analyses drop their own rows)."""
+        return self.columns()
+
+    def row_sets(self, frame: pd.DataFrame) -> list[RowSet]:
+        """The rows each statistic it releases covers, with the columns it is about (for the differencing guard)."""
+        return [(complete_cases(frame, self.columns()).index, self.columns())]
 
 
 class Confidence(BaseModel):

@@ -1,6 +1,6 @@
 """Two-sample t-test (Welch and pooled variance), equal to scipy's `ttest_ind`.
 
-Rounds: discover (group levels) → per group n and Σx → per group Σ(x − x̄_g)².
+Rounds: discover (group levels in use) → per group n and Σx → per group Σ(x − x̄_g)².
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ class TTestSpec(Spec, Confidence):
     def columns(self) -> list[str]:
         return [self.variable, self.group]
 
+    def grouping(self) -> list[str]:
+        return [self.group]
 
-def plan(spec: TTestSpec) -> Plan:
-    schema = discovery.read(
-        (yield discovery.query(used=spec.columns(), numeric=[spec.variable], grouping=[spec.group]))
-    )
+
+def plan(spec: TTestSpec, declared: discovery.Declared) -> Plan:
+    ask = discovery.query(declared, numeric=[spec.variable], grouping=[spec.group])
+    schema = discovery.read((yield ask), ask)
     levels = _chosen(spec, schema.levels[spec.group])
     base = {**schema.params(), "chosen": levels}
     first = yield Query("moments", base)

@@ -3,7 +3,9 @@
 In order: the audit chain must be intact; the request is logged; the protocol must be
 approved here (the node then reads its own stored copy); per analysis, the policy must
 allow it, the differencing guard must admit its rows, and the disclosure release must
-pass. Every release and refusal is logged before the reply leaves.
+pass. Every release and refusal is logged before the reply leaves. Under secure
+aggregation everything but column kinds leaves masked, and nothing else per site
+(not even the cohort's size) is reported.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import fixed_point, registry
-from analyses.contract import Contribution, DataError, Query
+from analyses import discovery, fixed_point, registry
+from analyses.contract import Contribution, DataError, Query, public
 from analyses.disclosure import Refused, release
-from hospital_node import masking, usage
+from hospital_node import dry_run, masking, population, usage
 from hospital_node.audit import AuditLog
-from hospital_node.cohort import row_keys, select
 from hospital_node.gate import SiteRefusal, admit, digest, identity_line, items, log_refusal
 from hospital_node.identity import identity_key
 from hospital_node.ledger import Ledger
 from hospital_node.masking import KeyStore
-from hospital_node.site import Site, SiteError, load_table, open_site
+from hospital_node.site import Site, SiteError, open_site
 from workbench.messages import Reply, Request
 from workbench.protocol import Protocol, ProtocolError
 
@@ -36,21 +37,26 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
 
     `keys` holds the private halves of the secure-aggregation keys this node offered.
     """
+    private_detail = ""
     try:
         admitted = admit(
             folder, request.protocol_sha256, request.protocol_text, request.round, requester,
             queries={analysis_id: query.phase for analysis_id, query in request.queries.items()},
             aggregation={key: value for key, value in request.secure.items() if key != "peers"},
+            **({"check": True} if request.check else {}),
         )  # fmt: skip
         site, audit, protocol = admitted.site, admitted.audit, admitted.protocol
         peers = _peers(site, protocol, request)
+        masked_round = request.secure.get("mode") == "masked"
+        if request.check:
+            return _check(site, audit, protocol, masked_round)
         private = None
         if peers:
             private = keys.take(peers[site.id])
             if private is None:
                 raise SiteRefusal("the key relayed as this site's is not one it offered, or was already used; refusing")
         rows, contributions, refusals = (
-            _contributions(site, protocol, request, audit) if request.queries else (0, {}, {})
+            _contributions(site, protocol, request, audit, masked_round) if request.queries else (0, {}, {})
         )
         masked: dict[str, dict[str, np.ndarray]] = {}
         if private is not None:
@@ -66,51 +72,63 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
                          rows=rows, items=items(sent), digest=digest(sent),
                          masked=sorted(masked.get(analysis_id, {})))  # fmt: skip
         offer = {}
-        if request.secure.get("mode") == "masked":
+        if masked_round:
             offer = masking.offer(identity_key(site), site.id, protocol.sha256, request.secure["tag"], keys)
         entries = audit.entries()
+        metered = usage.by_study(entries).get(protocol.sha256, usage.Usage()).to_json()
+        if masked_round:
+            del metered["rows"]  # a site's cohort size is its own: under secure aggregation only totals leave
         return Reply(
             site=site.id,
-            rows=rows,
+            rows=None if masked_round else rows,
             contributions={key: {**value, **masked.get(key, {})} for key, value in contributions.items()},
             refusals=refusals,
-            usage=usage.by_study(entries).get(protocol.sha256, usage.Usage()).to_json(),
+            usage=metered,
             audit_head=entries[-1]["hash"],
             offer=offer,
             masked=[f"{a}/{k}" for a, arrays in masked.items() for k in arrays],
             integers=[
                 f"{a}/{k}" for a, arrays in masked.items() for k in arrays if contributions[a][k].dtype.kind in "iub"
             ],
+            policy=site.policy.published(),
         )
     except (SiteError, SiteRefusal, DataError, ProtocolError) as error:
         reason = str(error)
+        private_detail = getattr(error, "private", "")
     except Exception as error:  # a node must answer, never crash; details stay in the node's log
         log.exception("site %s: internal error", folder)
         reason = f"internal error at the node ({type(error).__name__}: {error})"
-    log_refusal(folder, request.protocol_sha256, request.protocol_text, request.round, reason, analysis=None)
+    detail = {"detail": private_detail} if private_detail else {}
+    log_refusal(folder, request.protocol_sha256, request.protocol_text, request.round, reason, analysis=None, **detail)
     return Reply(site=_site_id(folder), error=reason)
 
 
+def _check(site: Site, audit: AuditLog, protocol: Protocol, masked: bool) -> Reply:
+    """A dry run's reply: per analysis whether this site would compute it; nothing released, nothing recorded."""
+    verdicts, private = dry_run.verdicts(site, protocol, masked)
+    audit.append("check", protocol_sha256=protocol.sha256, study=protocol.model.study.id, verdicts=verdicts,
+                 **({"detail": private} if private else {}))  # fmt: skip
+    return Reply(site=site.id, checks=verdicts, policy=site.policy.published(), audit_head=audit.entries()[-1]["hash"])
+
+
 def _contributions(
-    site: Site, protocol: Protocol, request: Request, audit: AuditLog
+    site: Site, protocol: Protocol, request: Request, audit: AuditLog, masked: bool
 ) -> tuple[int, dict[str, Contribution], dict[str, str]]:
     """Cohort rows, the releasable contribution per analysis, and refusals (logged)."""
-    table_name = protocol.model.cohort.table
-    table = load_table(site, table_name)
-    cohort = select(table, protocol.model.cohort.filters)
-    keys = row_keys(table, site.policy.row_id)
+    cohort, keys = population.cohort(site, protocol)
     ledger = Ledger(site.state)
     contributions, refusals = {}, {}
     for analysis_id, query in request.queries.items():
         try:
-            contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query)
+            contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query,
+                                                       masked)  # fmt: skip
         except Refused as refusal:
             refusals[analysis_id] = str(refusal)
             audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                          round=request.round, analysis=analysis_id, phase=query.phase, reason=str(refusal))  # fmt: skip
         except DataError as error:
-            name = site.table_path(table_name).name
-            raise DataError(f"{name}: analysis '{analysis_id}': {error}") from None
+            name = site.table_path(protocol.model.cohort.table).name
+            raise DataError(f"{name}: analysis '{analysis_id}': {error}", error.private) from None
     return len(cohort), contributions, refusals
 
 
@@ -136,10 +154,14 @@ def _peers(site: Site, protocol: Protocol, request: Request) -> dict[str, bytes]
             "this site's identity key is not the one pinned in the protocol's [federation.sites]; "
             "print it with: workbench node identity --site SITE_FOLDER"
         )
+    sites = len(secure["peers"]) if secure.get("peers") else count
+    if sites < site.policy.min_sites:
+        raise SiteRefusal(f"this site's policy sends masked contributions only among at least {site.policy.min_sites} "
+                          f"sites (min_sites); this round has {sites}")  # fmt: skip
     if not secure.get("peers"):
-        return {}  # the key round: nothing to mask yet
-    if site.id not in secure["peers"] or len(secure["peers"]) < masking.MINIMUM_SITES:
-        raise SiteRefusal(f"secure aggregation needs this site and at least {masking.MINIMUM_SITES} sites in all")
+        return {}  # a key round or a dry run: nothing to mask
+    if site.id not in secure["peers"]:
+        raise SiteRefusal("the masked round's peers do not include this site; refusing")
     try:
         return masking.verify(secure["peers"], pinned, protocol.sha256)
     except masking.MaskingError as error:
@@ -150,13 +172,12 @@ def _masked(
     site: Site, protocol: Protocol, request: Request, peers: dict[str, bytes], private: bytes,
     contributions: dict[str, Contribution],
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:  # fmt: skip
-    """Masked sums per analysis (union replies stay clear), and analyses whose values cannot be encoded."""
+    """Every additive array masked (column kinds stay clear), and analyses whose values cannot be encoded."""
     masked, unmaskable = {}, {}
     for analysis_id, contribution in contributions.items():
-        if request.queries[analysis_id].reduce != "sum":
-            continue
+        additive = {key: value for key, value in contribution.items() if not public(key)}
         try:
-            masked.update(masking.mask({analysis_id: contribution}, site.id, private, peers, protocol.sha256,
+            masked.update(masking.mask({analysis_id: additive}, site.id, private, peers, protocol.sha256,
                                        request.secure["tag"]))  # fmt: skip
         except fixed_point.OutOfRange as error:
             unmaskable[analysis_id] = f"{error}: secure aggregation cannot encode it"
@@ -165,7 +186,7 @@ def _masked(
 
 def _contribution(
     site: Site, protocol: Protocol, cohort: pd.DataFrame, keys: pd.Series, ledger: Ledger, analysis_id: str,
-    query: Query,
+    query: Query, masked: bool,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """One analysis' releasable contribution (its row sets then recorded in the ledger), or Refused."""
     spec = protocol.analyses.get(analysis_id)
@@ -177,13 +198,24 @@ def _contribution(
     problems = site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
     if problems:
         raise Refused("; ".join(problems))
-    row_sets = [keys[rows].to_numpy() for rows in spec.row_sets(cohort)]
-    for rows in row_sets:
-        ledger.check(rows, site.policy.min_cell_count)
-    sent = release(registry.local(spec, cohort, query), manifest, query.phase, site.policy.limits)
-    for rows in row_sets:
-        ledger.record(rows, {"study": protocol.model.study.id, "analysis": analysis_id})
+    if query.phase == discovery.PHASE:
+        _declared_as_approved(protocol, query)
+    row_sets = population.row_sets(protocol, spec, cohort, keys)
+    for rows, columns in row_sets:
+        ledger.check(rows, site.policy.min_cell_count, columns)
+    contribution = registry.local(spec, cohort, query, protocol.population(spec))
+    sent = release(contribution, manifest, query.phase, site.policy.limits, masked)
+    for rows, columns in row_sets:
+        ledger.record(rows, columns, {"study": protocol.model.study.id, "analysis": analysis_id})
     return sent
+
+
+def _declared_as_approved(protocol: Protocol, query: Query) -> None:
+    """Refuse a discovery query whose declared levels are not the approved protocol's."""
+    declared = protocol.levels
+    for name, levels in {**query.params["covariates"], **query.params["grouping"]}.items():
+        if levels is not None and levels != declared.get(name):
+            raise Refused(f"the levels of '{name}' in the request differ from the approved protocol's; refusing")
 
 
 def _site_id(folder: str | Path) -> str:

@@ -1,9 +1,12 @@
-"""The differencing guard: no two released statistics may cover row sets that differ by 1 … k−1 rows.
+"""The differencing guard: no two releases about the same variable may cover row sets that differ by 1 … k−1 rows.
 
-The same statistic on S and on S minus one patient reveals that patient. The node keeps,
-in `state/rowsets/`, every distinct row set it has released anything about (as sorted
-64-bit row keys, inside the hospital only) and refuses a new row set whose symmetric
-difference with any earlier one is between 1 and k−1 rows, across studies.
+The same statistic on S and on S minus one patient reveals that patient. The node keeps, in
+`state/rowsets/`, every distinct row set it has released anything about (as sorted 64-bit row
+keys, inside the hospital only) with the columns those releases were about, and refuses a new row
+set whose symmetric difference with an earlier one is between 1 and k−1 rows when the two share a
+column, across studies. Releases about unrelated columns never conflict; within one study every
+analysis uses the same rows by default (`[cohort] missing = "complete_cases"`), so a study never
+conflicts with itself. Row sets recorded before columns were kept count as about every column.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,18 +24,23 @@ import numpy as np
 
 from analyses.disclosure import Refused
 
-_LOADED: dict[Path, dict[str, np.ndarray]] = {}
-"""Row sets read from disk, per ledger folder (this process)."""
+EVERY = "*"
+"""Stands for every column (row sets recorded without their columns)."""
+
+_LOADED: dict[Path, dict[str, tuple[np.ndarray, set[str]]]] = {}
+"""Row sets and their columns read from disk, per ledger folder (this process)."""
 
 
 class Ledger:
     def __init__(self, state: Path) -> None:
         self.folder = state / "rowsets"
 
-    def check(self, keys: np.ndarray, k: int) -> None:
-        """Refuse a row set that differs from a recorded one by 1 … k−1 rows."""
-        rows = _rows(keys)
-        for other in self._sets().values():
+    def check(self, keys: np.ndarray, k: int, columns: Iterable[str]) -> None:
+        """Refuse a row set about `columns` that differs by 1 … k−1 rows from a recorded one about any of them."""
+        rows, wanted = _rows(keys), set(columns)
+        for other, about in self._sets().values():
+            if EVERY not in about and not about & wanted:
+                continue
             shared = len(np.intersect1d(rows, other, assume_unique=True))
             if 0 < len(rows) + len(other) - 2 * shared < k:
                 raise Refused(
@@ -39,30 +48,40 @@ class Ledger:
                     "so comparing the two would reveal them (differencing guard)"
                 )
 
-    def record(self, keys: np.ndarray, context: dict[str, Any]) -> None:
-        """Remember a row set something was released about."""
-        rows = _rows(keys)
+    def record(self, keys: np.ndarray, columns: Iterable[str], context: dict[str, Any]) -> None:
+        """Remember a row set something was released about, and the columns it was about."""
+        rows, about = _rows(keys), set(columns)
         digest = hashlib.sha256(rows.tobytes()).hexdigest()
         known = self._sets()
-        if digest not in known:
-            self._write(digest, rows, context)
-            known[digest] = rows
-
-    def _sets(self) -> dict[str, np.ndarray]:
-        if self.folder not in _LOADED:
-            files = sorted(self.folder.glob("*.npy")) if self.folder.exists() else []
-            _LOADED[self.folder] = {path.stem: np.load(path) for path in files}
-        return _LOADED[self.folder]
-
-    def _write(self, digest: str, rows: np.ndarray, context: dict[str, Any]) -> None:
+        if digest in known and about <= known[digest][1]:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, rows)
-        os.replace(temporary, self.folder / f"{digest}.npy")
-        entry = {"digest": digest, "rows": int(len(rows)), "time": datetime.now(UTC).isoformat(), **context}
+        if digest not in known:
+            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, rows)
+            os.replace(temporary, self.folder / f"{digest}.npy")
+            known[digest] = (rows, set())
+        known[digest][1].update(about)
+        entry = {"digest": digest, "rows": int(len(rows)), "columns": sorted(about),
+                 "time": datetime.now(UTC).isoformat(), **context}  # fmt: skip
         with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
             index.write(json.dumps(entry) + "\n")
+
+    def _sets(self) -> dict[str, tuple[np.ndarray, set[str]]]:
+        if self.folder not in _LOADED:
+            about: dict[str, set[str]] = {}
+            index = self.folder / "index.jsonl"
+            if index.exists():
+                for line in index.read_text(encoding="utf-8").splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a crash: its row set counts as about everything
+                        continue
+                    about.setdefault(entry["digest"], set()).update(entry.get("columns", [EVERY]))
+            files = sorted(self.folder.glob("*.npy")) if self.folder.exists() else []
+            _LOADED[self.folder] = {path.stem: (np.load(path), about.get(path.stem, {EVERY})) for path in files}
+        return _LOADED[self.folder]
 
 
 def _rows(keys: np.ndarray) -> np.ndarray:

@@ -29,6 +29,12 @@ class Policy(BaseModel):
     clear_aggregation: bool = Field(
         False, description="send contributions unmasked when a study has secure aggregation off or fewer than 3 sites"
     )
+    min_sites: int = Field(3, ge=3, description="send masked contributions only in rounds with at least this many sites")
+    own_share_minimums: bool = Field(
+        False,
+        description="also hold this site's own masked share to the minimums (stricter: refuses most survival "
+        "analyses of small sites); by default, under secure aggregation the minimums apply to the published totals",
+    )
 
     @field_validator("allowed_analyses")
     @classmethod
@@ -47,7 +53,13 @@ class Policy(BaseModel):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.min_cell_count, self.min_time_cell_count or self.min_cell_count, self.min_rows_per_parameter)
+        return Limits(self.min_cell_count, self.min_time_cell_count or self.min_cell_count, self.min_rows_per_parameter,
+                      self.own_share_minimums)  # fmt: skip
+
+    def published(self) -> dict[str, int | bool]:
+        """The limits the coordinator applies to cross-site totals (the largest over the sites wins)."""
+        return {"min_cell_count": self.min_cell_count, "min_rows_per_parameter": self.min_rows_per_parameter,
+                "min_sites": self.min_sites, "own_share_minimums": self.own_share_minimums}  # fmt: skip
 
     def conflicts(self, analysis_type: str, variables: list[str]) -> list[str]:
         """Why this policy does not allow an analysis of `analysis_type` on `variables` (empty if it does)."""

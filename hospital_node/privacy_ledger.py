@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import RDPAccountant
-
 FILE = "privacy_ledger.json"
 
 History = list[tuple[float, float, int]]
@@ -27,6 +25,8 @@ def epsilon(history: History, delta: float) -> float:
     """ε of all of `history` composed (RDP accountant, converted at δ)."""
     if not history:
         return 0.0
+    from opacus.accountants import RDPAccountant  # torch loads only where ε is computed
+
     accountant = RDPAccountant()
     accountant.history = [tuple(step) for step in history]
     return float(accountant.get_epsilon(delta))

@@ -6,8 +6,9 @@ import base64
 import hashlib
 
 from analyses import registry
-from analyses.disclosure import Control, Item
-from hospital_node import approvals, usage
+from analyses.columns import label
+from analyses.disclosure import rule
+from hospital_node import approvals, masking, usage
 from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
 from hospital_node.privacy_ledger import PrivacyLedger
@@ -27,20 +28,45 @@ def preview(site: Site, protocol: Protocol) -> str:
         f"Study '{protocol.model.study.id}': {protocol.model.study.title}",
         f"Protocol SHA-256: {protocol.sha256}",
         f"Cohort: table '{cohort.table}'" + (f", rows where {filters}" if filters else ", all rows"),
+        _population(protocol),
+        *_declared(protocol),
         f"Site policy: minimum count {policy.min_cell_count}, per time cell {policy.min_time_cell_count}; "
         f"analyses: {', '.join(policy.allowed_analyses) or 'all'}; variables: {', '.join(policy.allowed_variables) or 'all'}",
     ]
     lines += _aggregation(site, protocol)
+    masked = masked_study(protocol)
     for spec in protocol.analyses.values():
         lines.append("")
         lines.append(f"Analysis '{spec.id}' ({spec.type}) reads: {', '.join(protocol.variables(spec))}")  # type: ignore[attr-defined]
         for item in registry.manifest(spec):
             lines.append(f"  {item.phase:<9} {item.key:<18} {item.shape:<28} {item.meaning}")
-            lines.append(f"  {'':<9} {'':<18} {_rule(item, site):<28}")
+            lines.append(f"  {'':<9} {'':<18} → {rule(item, policy.limits, masked)}")
     for training in protocol.model.training:
         lines += ["", *_training(site, training)]
     lines += ["", "Nothing else leaves the site: no rows, no identifiers, no images."]
     return "\n".join(lines)
+
+
+def masked_study(protocol: Protocol) -> bool:
+    """Whether the study's rounds will be masked: secure aggregation on, among at least 3 pinned sites."""
+    return protocol.model.privacy.secure_aggregation and len(protocol.model.federation.sites) >= masking.MINIMUM_SITES
+
+
+def _population(protocol: Protocol) -> str:
+    if protocol.model.cohort.missing == "per_analysis":
+        return "Missing values: each analysis drops only its own incomplete rows ([cohort] missing = \"per_analysis\")"
+    columns = list(dict.fromkeys(name for spec in protocol.analyses.values() for name in spec.columns()))
+    return (f"Missing values: one population for every analysis: the cohort rows with a value in {', '.join(columns)} "
+            "(so the study's analyses never difference each other)")  # fmt: skip
+
+
+def _declared(protocol: Protocol) -> list[str]:
+    levels = protocol.levels
+    if not levels:
+        return []
+    shown = "; ".join(f"{name}: {', '.join(label(level) for level in values)}" for name, values in levels.items())
+    return [f"Declared values ([variables]): {shown} — a value outside these stops the study at this site, "
+            "and no site sends its own list of values"]  # fmt: skip
 
 
 def _training(site: Site, spec: TrainingSpec) -> list[str]:
@@ -51,7 +77,7 @@ def _training(site: Site, spec: TrainingSpec) -> list[str]:
     return [
         f"Training '{spec.id}' ({spec.task}, model {spec.architecture}, {spec.rounds} rounds, {spec.strategy}) reads {reads}",
         f"  the model's weights: {weights:,} parameters ({weights * 4:,} bytes) per round",
-        *[f"  {item.phase:<9} {item.key:<20} {item.meaning} ({_rule(item, site).removeprefix('→ ')})"
+        *[f"  {item.phase:<9} {item.key:<20} {item.meaning} ({rule(item, site.policy.limits, False)})"
           for item in TRAINING_MANIFEST],
         f"  privacy: DP-SGD (Opacus), target ε = {privacy.target_epsilon:g} for the whole training at δ = {privacy.delta:g}, "
         f"clipping norm {privacy.max_grad_norm:g}; this site's budget: max_epsilon {site.policy.max_epsilon:g}",
@@ -85,37 +111,38 @@ def conflicts(site: Site, protocol: Protocol) -> list[str]:
 
 def _aggregation(site: Site, protocol: Protocol) -> list[str]:
     pinned = protocol.model.federation.sites
+    policy = site.policy
+    clear = (f"With fewer than {masking.MINIMUM_SITES} sites this site "
+             f"{'sends in the clear' if policy.clear_aggregation else 'refuses'} (clear_aggregation = "
+             f"{str(policy.clear_aggregation).lower()}); in the clear each site applies its minimums to its own reply.")  # fmt: skip
     if not protocol.model.privacy.secure_aggregation:
-        return ["Secure aggregation: OFF — the coordinator sees this site's replies as sent"]
-    lines = [
-        "Secure aggregation: ON — every additive reply is masked; the coordinator learns only sums over at least "
-        f"3 sites (discovery replies — column kinds, levels, distinct times — are not masked). With fewer sites "
-        f"this site {'sends in the clear' if site.policy.clear_aggregation else 'refuses'} (clear_aggregation = "
-        f"{str(site.policy.clear_aggregation).lower()}).",
+        return ["Secure aggregation: OFF — the coordinator sees this site's replies as sent; this site applies its "
+                "minimum counts, ranges and guards to its own reply before it leaves."]  # fmt: skip
+    others = max(len(pinned) - 1, 0)
+    share = ("this site's own masked share is also held to its minimums (own_share_minimums = true: stricter, "
+             "refuses more studies)" if policy.own_share_minimums else
+             "this site's own masked share is not held to them: it is noise to everyone (own_share_minimums = false)")  # fmt: skip
+    return [
+        "Secure aggregation: ON — every reply is masked except column kinds (numeric or text); no per-site list of "
+        f"values, times or levels and not the cohort's size leaves this site. The coordinator learns only sums over "
+        f"at least {max(policy.min_sites, masking.MINIMUM_SITES)} sites (min_sites = {policy.min_sites}).",
+        f"Thresholds: the minimum counts apply where data become visible, to the published cross-site totals (the "
+        f"largest minimum of the participating sites, at least this site's {policy.min_cell_count}); {share}. "
+        f"{clear}",
+        f"Collusion: masking hides this site's share unless the coordinator and all {others} other pinned sites "
+        "collude (they would subtract their own shares from the total).",
         f"Peers pinned by the protocol ({len(pinned)}): "
         + (
             ", ".join(f"{name} {fingerprint(line)}" for name, line in pinned.items())
             or "none — masked rounds will be refused"
         ),
     ]
-    return lines
 
 
 def fingerprint(line: str) -> str:
     """SHA256:… of an OpenSSH public key, as `ssh-keygen -l` prints it."""
     blob = base64.b64decode(line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def _rule(item: Item, site: Site) -> str:
-    k = site.policy.min_time_cell_count if item.per_time else site.policy.min_cell_count
-    return {
-        Control.NONE: "→ sent",
-        Control.RANGE: f"→ sent; a count of 1–{k - 1} is sent as the range 1–{k - 1}",
-        Control.MINIMUM: f"→ sent if each count is 0 or ≥ {k}, else refused",
-        Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
-        Control.SATURATION: f"checked (≥ {site.policy.min_rows_per_parameter} rows per parameter), never sent",
-    }[item.control]
 
 
 def approvals_text(site: Site) -> str:

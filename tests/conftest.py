@@ -105,14 +105,25 @@ def study(
         for folder in folders:
             approvals.approve(open_site(folder), protocol, by="test steward")
     runner = (exchange or NodeFolders)(protocol, folders)
-    plans = {key: registry.plan(spec) for key, spec in protocol.analyses.items()}
+    plans = {key: registry.plan(spec, protocol.levels) for key, spec in protocol.analyses.items()}
     return driver.run(plans, runner), runner
 
 
-def protocol_text(*blocks: str, filters: str = "[]") -> str:
-    """A protocol with the given [[analysis]] blocks (TOML body without the header)."""
-    header = f'[study]\nid = "test"\ntitle = "Test study"\n[cohort]\ntable = "patients"\nfilters = {filters}\n'
-    return header + "".join(f"[[analysis]]\n{block.strip()}\n" for block in blocks)
+VARIABLES = """[variables]
+sex = { levels = [1, 2] }
+"ph.ecog" = { levels = [0, 1, 2, 3] }
+horTh = { levels = ["no", "yes"] }
+tgrade = { levels = ["I", "II", "III"] }
+menostat = { levels = ["Post", "Pre"] }
+arms = { levels = [0, 1, 2, 3] }
+"""
+"""The values of the grouping and text columns of the test data sets (lung, GBSG2, ACTG 175)."""
+
+
+def protocol_text(*blocks: str, filters: str = "[]", cohort: str = "") -> str:
+    """A protocol with the given [[analysis]] blocks (TOML body without the header) and the test data's levels."""
+    header = f'[study]\nid = "test"\ntitle = "Test study"\n[cohort]\ntable = "patients"\nfilters = {filters}\n{cohort}'
+    return header + VARIABLES + "".join(f"[[analysis]]\n{block.strip()}\n" for block in blocks)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analyses import discovery
 from analyses.contract import AnalysisError, DataError, reduce_contributions
 from analyses.driver import run_in_memory
 from tests.conftest import SPEC, pooled
@@ -19,17 +20,16 @@ def _run(frames, **blocks):
 def test_site_order_gives_identical_bits():
     rng = np.random.default_rng(0)
     replies = [(f"site-{k}", {"x": rng.normal(size=50) * 10.0 ** rng.integers(-8, 8, size=50)}) for k in range(20)]
-    forward = reduce_contributions(replies, "sum")["x"]
+    forward = reduce_contributions(replies)["x"]
     for seed in range(5):
         shuffled = [replies[i] for i in np.random.default_rng(seed).permutation(len(replies))]
-        assert reduce_contributions(shuffled, "sum")["x"].tobytes() == forward.tobytes()
+        assert reduce_contributions(shuffled)["x"].tobytes() == forward.tobytes()
 
 
-def test_union_refuses_numbers_at_one_site_and_text_at_another():
-    with pytest.raises(AnalysisError, match="'sex' holds numbers at some sites and text at others"):
-        reduce_contributions(
-            [("a", {"levels:sex": np.array([1.0, 2.0])}), ("b", {"levels:sex": np.array(["m"])})], "union"
-        )
+def test_a_column_numeric_at_one_site_and_text_at_another_is_named():
+    kinds = reduce_contributions([("a", {"kind:sex": np.array(["numeric"])}), ("b", {"kind:sex": np.array(["categorical"])})])
+    with pytest.raises(AnalysisError, match="column 'sex' is numeric at some sites and text at others"):
+        discovery.read(kinds, discovery.query({}, covariates=["sex"]))
 
 
 def test_failed_analysis_does_not_stop_the_others(lung):
@@ -83,8 +83,8 @@ def test_bad_site_data_raises_a_data_error_naming_the_column(lung, change, messa
 def test_text_column_at_one_site_and_numbers_at_another_is_refused(lung):
     frames = dict(lung)
     frames["inst-01"] = frames["inst-01"].assign(sex=frames["inst-01"].sex.map({1: "male", 2: "female"}))
-    result = _run(frames, cox={"type": "cox", "duration": "time", "event": "status", "covariates": ["age", "sex"]})
-    assert result["cox"]["error"] == "column 'sex' is numeric at some sites and text at others; make it consistent"
+    with pytest.raises(DataError, match=r"column 'sex' holds (numbers|text)"):
+        _run(frames, cox={"type": "cox", "duration": "time", "event": "status", "covariates": ["age", "sex"]})
 
 
 def test_missing_values_are_dropped_per_analysis_and_counted(lung):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="folder for results.json")
     run.add_argument("--quiet", action="store_true", help="no progress or result tables")
     run.set_defaults(command=_run)
+
+    check = commands.add_parser(
+        "check", help="dry run: would every site compute every analysis? (releases nothing; each site logs the check)"
+    )
+    check.add_argument("protocol", type=Path, help="protocol TOML file")
+    check_where = check.add_mutually_exclusive_group(required=True)
+    check_where.add_argument("--site", dest="sites", action="append", type=Path, metavar="DIR",
+                             help="a hospital's site folder, simulated here (repeat for each site)")  # fmt: skip
+    check_where.add_argument("--superlink", metavar="HOST:PORT", help="the deployed federation's SuperLink")
+    check.add_argument("--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate")
+    check.add_argument("--nodes", type=int, default=0, help="with --superlink: wait for this many nodes")
+    check.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the sites' answers")
+    check.add_argument("--json", action="store_true", help="print the verdicts as JSON (site → analysis → reason)")
+    check.set_defaults(command=_check)
 
     ui = commands.add_parser("ui", help="the researcher's dashboard (Streamlit) in the browser")
     ui.add_argument("--workspace", type=Path, default=Path("workbench-workspace"), help="draft, site folders and runs")
@@ -146,6 +161,24 @@ def _run(args: argparse.Namespace) -> int:
         return _report(document, args.out / "results.json", args.quiet)
     study = protocol.load(args.protocol)
     return _execute(study, args.sites, args.out, quiet=args.quiet)
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.superlink:
+        from workbench import deployment
+
+        if args.root_cert is None:
+            raise UserError("--superlink needs --root-cert FILE (the federation's CA certificate)")
+        study = protocol.load(args.protocol)
+        document = deployment.check_remote(args.protocol, args.superlink, args.root_cert, args.nodes, args.timeout)
+    else:
+        from workbench.simulation import simulate
+
+        study = protocol.load(args.protocol)
+        document = simulate(study, args.sites, check=True)
+    text, ok = report.render_check(study, document)
+    print(json.dumps(document, indent=1) if args.json else text)
+    return 0 if ok else EXIT_FAILED_ANALYSES
 
 
 def _ui(args: argparse.Namespace) -> int:

@@ -27,12 +27,8 @@ def roster(sites: list[Path]) -> str:
 
 POLICY = """
 [policy]
-min_cell_count = 5
-# Kaplan-Meier, log-rank and Cox send counts per time cell of the protocol's time grid.
-# With about 45 patients per hospital, a minimum of 5 per time cell would refuse every
-# survival curve, so this demo hospital accepts single patients per time cell (weekly grid).
-# That is a data steward's decision, shown at approval; the default is min_cell_count.
-min_time_cell_count = 1
+# The default policy (minimum count 5; under secure aggregation the minimums apply to the
+# published cross-site totals), with the table's patient identifier for the differencing guard.
 row_id = "patient_id"
 """
 

@@ -27,7 +27,7 @@ from hospital_node.site import SiteError, open_site
 from workbench import results
 from workbench.errors import StudyError, UserError
 from workbench.protocol import parse
-from workbench.server_app import run_study
+from workbench.server_app import check_study, run_study
 
 CONNECTION = "workbench"
 server_app = ServerApp()
@@ -41,6 +41,9 @@ def _main(grid: Grid, context: Context) -> None:
     try:
         protocol = parse(str(config["protocol"]), source=str(config["protocol_name"]))
         sites = int(config["sites"]) or _connected(grid)
+        if config.get("check"):
+            status.write_text(json.dumps({"ok": True, "check": check_study(grid, protocol, sites, float(config["timeout"]))}))
+            return
         run = run_study(grid, protocol, sites, _log, _log_training, float(config["timeout"]))
         document = results.build(protocol, run, engine="flower-deployment")
         results.write(document, Path(str(config["out"])), run)
@@ -147,6 +150,18 @@ def run_remote(
     protocol_path: Path, superlink: str, root_cert: Path, out: Path, sites: int, timeout: float, quiet: bool
 ) -> dict[str, Any]:
     """Submit the study to a running federation, stream its log, and return its results document."""
+    _submit(protocol_path, superlink, root_cert, {"out": str(out.resolve()), "sites": sites, "timeout": timeout}, quiet)
+    return json.loads((out / "results.json").read_text())
+
+
+def check_remote(protocol_path: Path, superlink: str, root_cert: Path, sites: int, timeout: float) -> dict[str, Any]:
+    """A dry run on a running federation: every connected site's verdict per analysis (nothing released)."""
+    outcome = _submit(protocol_path, superlink, root_cert, {"check": True, "sites": sites, "timeout": timeout}, True)
+    return outcome["check"]
+
+
+def _submit(protocol_path: Path, superlink: str, root_cert: Path, config: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Run the study app on the federation with `flwr run` and the given run config; its status document."""
     text = protocol_path.read_text(encoding="utf-8") if protocol_path.is_file() else ""
     protocol = parse(text, source=protocol_path.name) if text else None
     if protocol is None:
@@ -159,8 +174,8 @@ def run_remote(
         app.mkdir()
         shutil.copy(resources.files("workbench").joinpath("flower_app/pyproject.toml"), app / "pyproject.toml")
         status = folder / "status.json"
-        overrides = {"protocol": protocol.text, "protocol_name": protocol_path.name, "out": str(out.resolve()),
-                     "status": str(status), "sites": sites, "timeout": float(timeout)}  # fmt: skip
+        overrides = {"protocol": protocol.text, "protocol_name": protocol_path.name, "status": str(status),
+                     **config, "timeout": float(config["timeout"])}  # fmt: skip
         (folder / "run.toml").write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in overrides.items()))
         home = connection_home(folder / "flwr-home", superlink, root_cert)
         command = [_tool("flwr"), "run", str(app), CONNECTION, "--run-config", str(folder / "run.toml"), "--stream"]
@@ -172,7 +187,7 @@ def run_remote(
         outcome = json.loads(status.read_text())
     if "error" in outcome:
         raise StudyError(outcome["error"])
-    return json.loads((out / "results.json").read_text())
+    return outcome
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

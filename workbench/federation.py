@@ -20,8 +20,9 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from analyses import fixed_point
-from analyses.contract import AnalysisError, Contribution, Query, Refusal, reduce_queries
+from analyses import fixed_point, registry
+from analyses.contract import AnalysisError, Contribution, Query, Refusal, public, reduce_contributions
+from analyses.disclosure import Limits, publish
 from workbench.errors import StudyError
 from workbench.messages import MESSAGE_TYPE, Reply, Request
 from workbench.protocol import Protocol
@@ -141,14 +142,40 @@ class SiteExchange:
             "contributors": sorted(self.contributed),
             "dropped": self.dropped,
             "attempts": len(self.transcript),
+            "thresholds": "cross-site totals" if "masked" in modes else "each site's reply",
+            "min_count": self.limits().min_count,
         }
+
+    def limits(self) -> Limits:
+        """The rules for published totals: the strictest of the participating sites' policies."""
+        policies = [reply.policy for reply in self.replies.values() if reply.policy]
+        return Limits(
+            min_count=max((p["min_cell_count"] for p in policies), default=1),
+            rows_per_parameter=max((p["min_rows_per_parameter"] for p in policies), default=0),
+        )
+
+    def check(self) -> dict[str, dict[str, str]]:
+        """A dry run at every site: site → analysis → "" (would compute) or the rule that would refuse it.
+
+        A site that would answer nothing at all (not approved, key not pinned, ...) gets its reason
+        under the key "*". Nothing is released; each site logs the check in its audit log.
+        """
+        secure = {"mode": self.mode, "tag": "check", "count": self.expected}
+        request = Request(self.protocol.text, self.protocol.sha256, 0, {}, secure, check=True)
+        replies, failures = self.send(request, None)
+        self.replies = {r.site: r for r in sorted(replies, key=lambda r: r.site)}
+        verdicts = {site: {"*": f"no answer: {reason}"} for site, reason in failures.items()}
+        for reply in replies:
+            verdicts[reply.site] = {"*": reply.error} if reply.error else reply.checks
+        return dict(sorted(verdicts.items()))
 
     def _key_round(self, round_number: int, attempt: int) -> bool:
         """Collect a fresh signed key from every participant; False if some site failed (it is dropped)."""
         tag = f"keys.{round_number}.{attempt}"
         record = Attempt(tag, "keys", list(self.active or []), {})
         self.transcript.append(record)
-        request = Request(self.protocol.text, self.protocol.sha256, round_number, {}, {"mode": "masked", "tag": tag})
+        secure = {"mode": "masked", "tag": tag, "count": len(self.active or []) or self.expected}
+        request = Request(self.protocol.text, self.protocol.sha256, round_number, {}, secure)
         started = time.perf_counter()
         replies, failures = self.send(request, self.active)
         record.seconds = time.perf_counter() - started
@@ -189,24 +216,36 @@ class SiteExchange:
             for analysis_id, reason in reply.refusals.items():
                 refused.setdefault(analysis_id, {})[reply.site] = reason
                 self.refusals.append({"site": reply.site, "analysis": analysis_id, "reason": reason})
-        answered = {key: query for key, query in queries.items() if key not in refused}
         totals: dict[str, Contribution | AnalysisError] = {key: Refusal(sites) for key, sites in refused.items()}
-        clear = {key: q for key, q in answered.items() if mode == "clear" or q.reduce == "union"}
-        totals.update(reduce_queries(((r.site, r.contributions) for r in replies), clear))
-        for analysis_id in answered.keys() - clear.keys():
-            totals[analysis_id] = _unmask(replies, analysis_id)
+        limits = self.limits()
+        for analysis_id, query in queries.items():
+            if analysis_id in refused:
+                continue
+            try:
+                total = _total(replies, analysis_id, mode)
+                if mode == "masked":  # the totals are what the coordinator sees: the rules apply to them
+                    manifest = registry.manifest(self.protocol.analyses[analysis_id])
+                    total = publish(total, manifest, query.phase, limits, len(replies))
+                totals[analysis_id] = total
+            except AnalysisError as error:
+                totals[analysis_id] = error
         return totals
 
 
-def _unmask(replies: list[Reply], analysis_id: str) -> Contribution | AnalysisError:
-    """The exact sum of every site's masked arrays (the masks cancel)."""
-    total: Contribution = {}
-    for key in replies[0].contributions[analysis_id]:
+def _total(replies: list[Reply], analysis_id: str, mode: str) -> Contribution:
+    """Column kinds as their union, every other array as its exact sum (masked arrays unmasked: the masks cancel)."""
+    parts = [(r.site, r.contributions[analysis_id]) for r in replies]
+    total = reduce_contributions([(site, {k: v for k, v in c.items() if public(k)}) for site, c in parts])
+    if mode == "clear":
+        return {**total, **reduce_contributions([(site, {k: v for k, v in c.items() if not public(k)})
+                                                 for site, c in parts])}  # fmt: skip
+    keys = {key for _, contribution in parts for key in contribution if not public(key)}
+    for key in sorted(keys):
         name = f"{analysis_id}/{key}"
-        parts = [r.contributions[analysis_id][key] for r in replies]
-        if len({p.shape for p in parts}) != 1 or any(name not in r.masked for r in replies):
-            return AnalysisError(f"sites sent different shapes or encodings for '{key}'")
-        total[key] = fixed_point.decode(fixed_point.total(parts), integer=name in replies[0].integers)
+        arrays = [r.contributions[analysis_id].get(key) for r in replies]
+        if any(a is None for a in arrays) or len({a.shape for a in arrays}) != 1 or any(name not in r.masked for r in replies):
+            raise AnalysisError(f"sites sent different shapes or encodings for '{key}'")
+        total[key] = fixed_point.decode(fixed_point.total(arrays), integer=name in replies[0].integers)
     return total
 
 

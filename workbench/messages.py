@@ -26,8 +26,10 @@ class Request:
     round: int
     queries: dict[str, Query]
     secure: dict[str, Any] = field(default_factory=dict)
-    """Aggregation of this round: `mode` ("masked" or "clear"), `tag` (round.attempt), `sites`
+    """Aggregation of this round: `mode` ("masked" or "clear"), `tag` (round.attempt), `count`
     (the participants) and, when masked, `peers` (site → signed key offer relayed by the coordinator)."""
+    check: bool = False
+    """A dry run: the node runs every gate for every analysis of the protocol and releases nothing."""
 
     def to_records(self) -> RecordDict:
         return RecordDict(
@@ -39,6 +41,7 @@ class Request:
                         "round": self.round,
                         "queries": json.dumps({k: q.to_json() for k, q in self.queries.items()}),
                         "secure": json.dumps(self.secure),
+                        "check": self.check,
                     }
                 )
             }
@@ -49,14 +52,15 @@ class Request:
         study = content.config_records["study"]
         queries = {k: Query.from_json(v) for k, v in json.loads(str(study["queries"])).items()}
         secure = json.loads(str(study["secure"]))
-        return cls(str(study["protocol"]), str(study["sha256"]), int(study["round"]), queries, secure)
+        return cls(str(study["protocol"]), str(study["sha256"]), int(study["round"]), queries, secure,
+                   bool(study.get("check", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Reply:
     site: str
-    rows: int = 0
-    """Rows in the site's cohort (after the protocol's filters)."""
+    rows: int | None = None
+    """Rows in the site's cohort (after the protocol's filters); not sent under secure aggregation."""
     contributions: dict[str, Contribution] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)
     """Analysis id → why the site refused it (nothing of it was sent)."""
@@ -70,6 +74,10 @@ class Reply:
     """`analysis/key` names of contributions sent masked (fixed-point limbs), not in the clear."""
     integers: list[str] = field(default_factory=list)
     """`analysis/key` names of masked contributions that encode integers."""
+    policy: dict[str, Any] = field(default_factory=dict)
+    """The site's limits the coordinator applies to published cross-site totals (`Policy.published`)."""
+    checks: dict[str, str] = field(default_factory=dict)
+    """A dry run's verdicts: analysis id → "" (would compute) or the rule that would refuse it."""
     error: str = ""
     """Why the site answers nothing at all."""
 
@@ -84,13 +92,15 @@ class Reply:
                 "site": ConfigRecord(
                     {
                         "id": self.site,
-                        "rows": self.rows,
+                        "rows": -1 if self.rows is None else self.rows,
                         "refusals": json.dumps(self.refusals),
                         "usage": json.dumps(self.usage),
                         "audit_head": self.audit_head,
                         "offer": json.dumps(self.offer),
                         "masked": json.dumps(self.masked),
                         "integers": json.dumps(self.integers),
+                        "policy": json.dumps(self.policy),
+                        "checks": json.dumps(self.checks),
                         "error": self.error,
                     }
                 ),
@@ -107,7 +117,7 @@ class Reply:
             contributions.setdefault(analysis_id, {})[key] = array.numpy()
         return cls(
             site=str(site["id"]),
-            rows=int(site["rows"]),
+            rows=None if int(site["rows"]) < 0 else int(site["rows"]),
             contributions=contributions,
             refusals=json.loads(str(site["refusals"])),
             usage=json.loads(str(site["usage"])),
@@ -115,5 +125,7 @@ class Reply:
             offer=json.loads(str(site["offer"])),
             masked=json.loads(str(site["masked"])),
             integers=json.loads(str(site["integers"])),
+            policy=json.loads(str(site["policy"])),
+            checks=json.loads(str(site["checks"])),
             error=str(site["error"]),
         )

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analyses.columns import Level, label
 from analyses.describe import DescribeSpec
 from analyses.registry import TYPES, AnySpec
 from analyses.spec import Spec
@@ -74,6 +75,28 @@ class CohortSection(BaseModel):
 
     table: str = Field("patients", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)
     filters: list[Filter] = Field(default_factory=list)
+    missing: Literal["complete_cases", "per_analysis"] = Field(
+        "complete_cases",
+        description="complete_cases: every analysis uses the rows with a value in every variable the protocol's "
+        "analyses read (one population per study); per_analysis: each analysis drops only its own incomplete rows",
+    )
+
+
+class VariableSection(BaseModel):
+    """What the protocol declares about one column: the values it may take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: list[float | str] = Field(min_length=1, description="every value the column may take")
+
+    @field_validator("levels")
+    @classmethod
+    def _one_kind(cls, levels: list[float | str]) -> list[float | str]:
+        if len({isinstance(level, str) for level in levels}) > 1:
+            raise ValueError("levels must be all numbers or all text")
+        if len(set(levels)) != len(levels):
+            raise ValueError("a level is listed twice")
+        return levels
 
 
 class PrivacySection(BaseModel):
@@ -106,12 +129,14 @@ class FederationSection(BaseModel):
 
 
 class ProtocolModel(BaseModel):
-    """The whole protocol: `[study]`, `[cohort]`, `[privacy]`, `[federation]` and the `[[analysis]]` blocks."""
+    """The whole protocol: `[study]`, `[cohort]`, `[variables]`, `[privacy]`, `[federation]`, `[[analysis]]` and
+    `[[training]]` blocks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     study: StudySection
     cohort: CohortSection = CohortSection()
+    variables: dict[str, VariableSection] = Field(default_factory=dict)
     privacy: PrivacySection = PrivacySection()
     federation: FederationSection = FederationSection()
     analysis: list[AnySpec] = Field(default_factory=list)
@@ -126,6 +151,28 @@ class ProtocolModel(BaseModel):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"id '{repeated[0]}' is used twice; give each analysis and training its own id")
+        if self.privacy.secure_aggregation and not self.federation.sites:
+            raise ValueError(
+                "[privacy] secure_aggregation is on (the default) but [federation.sites] pins no site: add one line "
+                "per site, as `workbench node identity --site DIR` prints it, or set secure_aggregation = false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _declared_levels(self) -> ProtocolModel:
+        for spec in self.analysis:
+            for name in spec.grouping():
+                if name not in self.variables:
+                    raise ValueError(
+                        f"analysis '{spec.id}' groups by '{name}': declare the values it may take in [variables], "
+                        f"e.g. {_toml_key(name)} = {{ levels = [1, 2] }}"
+                    )
+            wanted = getattr(spec, "groups", None) or []
+            known = {label(level) for level in self.variables[spec.grouping()[0]].levels} if wanted else set()
+            for group in wanted:
+                if label(group) not in known:
+                    raise ValueError(f"analysis '{spec.id}': group {label(group)!r} is not among the declared levels "
+                                     f"of '{spec.grouping()[0]}' ({', '.join(sorted(known))})")  # fmt: skip
         return self
 
 
@@ -157,6 +204,17 @@ class Protocol:
     def cohort_columns(self) -> list[str]:
         """Columns the cohort filters read."""
         return [condition.column for condition in self.model.cohort.filters]
+
+    @property
+    def levels(self) -> dict[str, list[Level]]:
+        """The values each column may take, as `[variables]` declares them."""
+        return {name: list(section.levels) for name, section in self.model.variables.items()}
+
+    def population(self, spec: Spec) -> list[str]:
+        """Columns a cohort row needs a value in to be used by `spec` (see `[cohort] missing`)."""
+        if self.model.cohort.missing == "per_analysis":
+            return spec.drops()
+        return list(dict.fromkeys(name for other in self.analyses.values() for name in other.columns()))
 
     def variables(self, spec: Spec) -> list[str]:
         """Columns an analysis reads, its cohort filters' columns included."""
@@ -207,6 +265,10 @@ def _check_types(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _toml_key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else f'"{name}"'
+
+
 def _where(number: int, block: Any, kind: str = "analysis") -> str:
     named = isinstance(block, dict) and isinstance(block.get("id"), str)
     return f"{kind} #{number}" + (f" (id '{block['id']}')" if named else "")
@@ -231,6 +293,8 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     elif loc[:2] == ["cohort", "filters"] and len(loc) > 2:
         where, fields = f"[cohort] filter #{int(loc[2]) + 1}", list(Filter.model_fields)
         loc = loc[3:]
+    elif loc[0] == "variables" and len(loc) > 1:
+        where, fields, loc = f"[variables] '{loc[1]}'", list(VariableSection.model_fields), loc[2:3]
     else:
         section = {"study": StudySection, "cohort": CohortSection, "privacy": PrivacySection,
                    "federation": FederationSection}.get(str(loc[0]))  # fmt: skip

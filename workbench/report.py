@@ -10,11 +10,11 @@ import pandas as pd
 
 def render(results: dict[str, Any]) -> str:
     """All analyses of a results document as text."""
-    sites = ", ".join(f"{s['id']} ({s['rows']})" for s in results["sites"])
+    sites = ", ".join(s["id"] if s.get("rows") is None else f"{s['id']} ({s['rows']})" for s in results["sites"])
     parts = [
         f"Study {results['study']['id']}: {results['study']['title']}",
         f"protocol sha256 {results['protocol_sha256']}",
-        f"sites (rows): {sites}",
+        f"sites: {sites}",
         f"{results['rounds']} rounds in {results['seconds']:.1f} s on {results['engine']}",
     ]
     for analysis_id, result in results["analyses"].items():
@@ -29,6 +29,37 @@ def render(results: dict[str, Any]) -> str:
     for training_id, summary in results.get("training", {}).items():
         parts += ["", _training(training_id, summary)]
     return "\n".join(parts)
+
+
+def render_check(study: Any, document: dict[str, Any]) -> tuple[str, bool]:
+    """A dry run's verdicts as text, per analysis; and whether every site would compute every analysis."""
+    sites = document["sites"]
+    masked = document["mode"] == "masked"
+    rule = (
+        f"secure aggregation: each site's reply is masked; minimum counts apply to the published cross-site totals "
+        f"(largest site minimum: {document['limits']['min_count']})"
+        if masked
+        else "in the clear: each site applies its own minimum counts to its own reply"
+    )
+    lines = [f"Dry run of study '{study.model.study.id}' (protocol {study.sha256[:12]}) at {len(sites)} site(s); {rule}"]
+    silent = {site: verdicts["*"] for site, verdicts in sites.items() if "*" in verdicts}
+    lines += [f"  site {site} would answer nothing: {reason}" for site, reason in silent.items()]
+    names = [*study.analyses, *study.trainings]
+    width = max((len(name) for name in names), default=0)
+    for analysis_id in names:
+        refusing = {site: v[analysis_id] for site, v in sites.items() if v.get(analysis_id)}
+        if not refusing and not silent:
+            lines.append(f"  {analysis_id:<{width}}  will compute")
+        for site, reason in refusing.items():
+            lines.append(f"  {analysis_id:<{width}}  {site} would refuse: {reason}")
+        if not refusing and silent:
+            lines.append(f"  {analysis_id:<{width}}  not computed without {', '.join(silent)}")
+    if masked:
+        lines.append("Totals below the minimum count are published as ranges or not at all; that is decided on the "
+                     "real totals when the study runs.")  # fmt: skip
+    lines.append("Nothing was released; each site recorded the check in its audit log.")
+    ok = not silent and not any(v for verdicts in sites.values() for v in verdicts.values())
+    return "\n".join(lines), ok
 
 
 def _training(training_id: str, summary: dict[str, Any]) -> str:

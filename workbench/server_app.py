@@ -44,7 +44,7 @@ def run_study(
     nodes = wait_for_nodes(grid, sites, timeout)
     started = time.perf_counter()
     exchange = FlowerExchange(grid, nodes, protocol, timeout)
-    plans = {analysis_id: registry.plan(spec) for analysis_id, spec in protocol.analyses.items()}
+    plans = {analysis_id: registry.plan(spec, protocol.levels) for analysis_id, spec in protocol.analyses.items()}
     run.analyses = driver.run(plans, exchange, progress)
     run.sites, run.refusals = exchange.replies, exchange.refusals
     run.aggregation, run.transcript = exchange.summary(), exchange.transcript
@@ -56,18 +56,29 @@ def run_study(
     return run
 
 
+def check_study(grid: Grid, protocol: Protocol, sites: int, timeout: float = 600.0) -> dict[str, Any]:
+    """A dry run once `sites` nodes are connected: every site's verdict per analysis, nothing released."""
+    exchange = FlowerExchange(grid, wait_for_nodes(grid, sites, timeout), protocol, timeout)
+    verdicts = exchange.check()
+    return {"mode": exchange.mode, "sites": verdicts, "limits": exchange.limits().__dict__}
+
+
 def make_server_app(
     protocol: Protocol,
     sites: int,
-    outcome: list[StudyRun],
+    outcome: list[Any],
     progress: driver.Progress | None = None,
     training_progress: training.Progress | None = None,
+    check: bool = False,
 ) -> ServerApp:
-    """A ServerApp for the embedded simulation: runs `protocol` and appends the run to `outcome`."""
+    """A ServerApp for the embedded simulation: runs `protocol` (or only its dry run) and appends the outcome."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome.append(run_study(grid, protocol, sites, progress, training_progress))
+        if check:
+            outcome.append(check_study(grid, protocol, sites))
+        else:
+            outcome.append(run_study(grid, protocol, sites, progress, training_progress))
 
     return app

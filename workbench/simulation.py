@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from flwr.simulation import run_simulation
 
@@ -24,8 +25,10 @@ def simulate(
     site_folders: Sequence[str | Path],
     progress: Progress | None = None,
     training_progress: training.Progress | None = None,
-) -> StudyRun:
-    """Run `protocol` with one node per site folder; raises StudyError if a site refuses or fails."""
+    check: bool = False,
+) -> StudyRun | dict[str, Any]:
+    """Run `protocol` with one node per site folder (or, with `check`, only its dry run: the verdicts);
+    raises StudyError if a site refuses or fails."""
     folders = [str(Path(folder).resolve()) for folder in site_folders]
     if not folders:
         raise UserError("no site folders given; pass --site DIR for each hospital")
@@ -34,8 +37,8 @@ def simulate(
             raise UserError(f"{folder}: site folder not found")
     if len(set(folders)) != len(folders):
         raise UserError("the same site folder is given twice")
-    outcome: list[StudyRun] = []
-    server = make_server_app(protocol, len(folders), outcome, progress, training_progress)
+    outcome: list[Any] = []
+    server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check)
     with _quiet():
         run_simulation(
             server_app=server,

@@ -1,7 +1,7 @@
 """Per-time event and removal counts: what Kaplan–Meier and the log-rank test need.
 
-A site returns, for every agreed time and every (stratum, group) cell, how many
-of its patients had the event then and how many left the risk set then
+A site returns, for every cell of the public time axis and every (stratum, group) cell,
+how many of its patients had the event then and how many left the risk set then
 (events + censorings). At-risk numbers follow from these on the coordinator.
 """
 
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyses.contract import Contribution, DataError
+from analyses.contract import Contribution
+from analyses.survival import follow_up
 
 
-def local(time: np.ndarray, event: np.ndarray, cell: np.ndarray, cells: int, times: np.ndarray) -> Contribution:
-    """`events` and `removed`, shaped (cells, times), for the agreed `times`."""
-    where = np.searchsorted(times, time)
-    if np.any(where >= len(times)) or np.any(times[np.minimum(where, len(times) - 1)] != time):
-        raise DataError("a follow-up time is not on the agreed time grid: did the table change during the study?")
-    events = np.zeros((cells, len(times)), dtype=np.int64)
-    removed = np.zeros((cells, len(times)), dtype=np.int64)
-    np.add.at(removed, (cell, where), 1)
-    np.add.at(events, (cell, where), event.astype(np.int64))
+def local(time: np.ndarray, event: np.ndarray, cell: np.ndarray, cells: int, length: int) -> Contribution:
+    """`events` and `removed`, shaped (cells, length), over axis cells 0 … length − 1 (`time` holds cell indices)."""
+    follow_up.check(time, length)
+    where = cell * length + time
+    size = cells * length
+    events = np.bincount(where, weights=event, minlength=size).astype(np.int64).reshape(cells, length)
+    removed = np.bincount(where, minlength=size).astype(np.int64).reshape(cells, length)
     return {"events": events, "removed": removed}
 
 

@@ -1,8 +1,9 @@
 """Cox proportional hazards, equal to lifelines' `CoxPHFitter` and statsmodels' `PHReg`.
 
-Rounds: discover (levels, event times) → moments (n, Σx, Σx² for lifelines'
-standardization) → Newton steps on standardized covariates.
-Pooled baseline: per Newton step sites send risk-set sums per event time.
+Rounds: discover (kinds, levels in use, axis length) → moments (n, Σx, Σx² for lifelines'
+standardization, events per time cell: their totals give the pooled event times) → Newton steps
+on standardized covariates.
+Pooled baseline: per Newton step sites send risk-set sums per pooled event time.
 Stratified by `"site"`: each site sends only its log-likelihood, gradient and
 Hessian over its own risk sets (it never learns other sites' event times).
 An L2 `penalizer` λ subtracts N·λ·½·Σβ_s² on the standardized scale, as lifelines does.
@@ -23,7 +24,7 @@ from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item, time_guard
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
-from analyses.survival import risk_sets
+from analyses.survival import counts, risk_sets
 from analyses.survival.follow_up import FollowUp
 
 SITE = "site"
@@ -33,6 +34,8 @@ MANIFEST = (
     *DISCOVERY,
     *MODEL_MOMENTS,
     Item("moments", "events", "(1,)", "number of events", Control.MINIMUM),
+    Item("moments", "deaths", "(strata, time cells)", "events per stratum and time cell (their totals give the "
+         "pooled event times)", Control.MINIMUM, per_time=True),
     Item("moments", "sum_x", "(p,)", "sum of each covariate (for standardization)"),
     Item("moments", "sum_x2", "(p,)", "sum of squares of each covariate (for standardization)"),
     Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
@@ -44,7 +47,7 @@ MANIFEST = (
     Item("newton", "d", "(strata, event times)", "deaths per event time", Control.MINIMUM, per_time=True),
     Item("newton", "z", "(p,)", "sum of the covariates of all deaths"),
     Item("newton", "guard:removals", "(strata, event times + 1)", "patients leaving the risk set between event "
-         "times (checked, not sent)", Control.GUARD, per_time=True),
+         "times", Control.GUARD, per_time=True),
     Item("newton", "loglik", "(1,)", "stratified by site: the site's log partial likelihood"),
     Item("newton", "gradient", "(p,)", "stratified by site: its gradient"),
     Item("newton", "hessian", "(p, p)", "stratified by site: its Hessian"),
@@ -67,25 +70,18 @@ class CoxSpec(Spec, FollowUp, Confidence):
     def columns(self) -> list[str]:
         return [self.duration, self.event, *self.covariates, *self.strata_columns]
 
+    def grouping(self) -> list[str]:
+        return self.strata_columns
 
-def plan(spec: CoxSpec) -> Plan:
+
+def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
     by_site = SITE in spec.strata
-    schema = discovery.read(
-        (
-            yield discovery.query(
-                used=spec.columns(),
-                numeric=[spec.duration, spec.event],
-                covariates=spec.covariates,
-                grouping=spec.strata_columns,
-                survival=(spec.duration, spec.event),
-                grid=spec.grid_width,
-                times=None if by_site else "events",
-                cells=spec.strata_columns,
-            )
-        )
-    )
-    base = {**schema.params(), "times": schema.times.tolist()}
-    moments = yield Query("moments", base)
+    found = discovery.query(declared, numeric=[spec.duration, spec.event], covariates=spec.covariates,
+                            grouping=spec.grouping(), survival=None if by_site else spec)  # fmt: skip
+    schema = discovery.read((yield found), found)
+    moments = yield Query("moments", schema.params())
+    times = [] if by_site else np.flatnonzero(moments["deaths"].sum(axis=0)).tolist()
+    base = {**schema.params(), "times": times}
     names = col.design_names(spec.covariates, schema.kinds, schema.levels)
     n, events = int(moments["n"][0]), int(moments["events"][0])
     if events == 0:
@@ -125,6 +121,7 @@ def plan(spec: CoxSpec) -> Plan:
         "penalizer": spec.penalizer,
         "strata": spec.strata,
         "time_grid": spec.time_grid,
+        "time_resolution": spec.grid_width,
         "params": {
             name: {
                 "coef": float(b),
@@ -149,8 +146,9 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     params = query.params
     x = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
     time, event = spec.follow_up(rows)
+    stratum, strata = col.cell_codes(rows, spec.strata_columns, params["levels"])
     if query.phase == "moments":
-        return {
+        out = {
             "n": np.array([len(rows)]),
             "n_dropped": np.array([len(frame) - len(rows)]),
             "events": np.array([int(event.sum())]),
@@ -159,11 +157,13 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
             "guard:categories": col.category_counts(rows, spec.covariates),
             "guard:saturation": np.array([len(rows), x.shape[1]]),
         }
+        if SITE not in spec.strata:
+            out["deaths"] = counts.local(time, event, stratum, strata, params["cells"])["events"]
+        return out
     standardized = (x - np.asarray(params["mean"])) / np.asarray(params["sd"])
     beta = np.asarray(params["beta"], dtype=float)
-    stratum, strata = col.cell_codes(rows, spec.strata_columns, params["levels"])
     if SITE not in spec.strata:
-        times = np.asarray(params["times"], dtype=float)
+        times = np.asarray(params["times"], dtype=np.int64)
         sums = risk_sets.sums(time, event, standardized, beta, stratum, strata, times)
         return {**sums, "guard:removals": time_guard(time, stratum, times)}
     own_times = np.unique(time[event == 1])

@@ -1,6 +1,6 @@
 """Kaplan–Meier survival curves per group, equal to lifelines' `KaplanMeierFitter`.
 
-Rounds: discover (group levels, distinct times) → counts per time and group.
+Rounds: discover (group levels in use, axis length) → counts per axis cell and group.
 Confidence intervals use Greenwood's variance on the log(−log) scale, as lifelines does.
 """
 
@@ -25,8 +25,9 @@ ALL = "all"
 
 MANIFEST = (
     *DISCOVERY,
-    Item("counts", "events", "(groups, times)", "events per group and time cell", Control.MINIMUM, per_time=True),
-    Item("counts", "removed", "(groups, times)", "events + censorings per group and time cell", Control.MINIMUM,
+    Item("counts", "events", "(groups, time cells)", "events per group and time cell", Control.MINIMUM,
+         per_time=True),
+    Item("counts", "removed", "(groups, time cells)", "events + censorings per group and time cell", Control.MINIMUM,
          per_time=True),
     Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
 )  # fmt: skip
@@ -41,27 +42,17 @@ class KaplanMeierSpec(Spec, FollowUp, Confidence):
     def columns(self) -> list[str]:
         return [self.duration, self.event, *([self.group] if self.group else [])]
 
+    def grouping(self) -> list[str]:
+        return [self.group] if self.group else []
 
-def plan(spec: KaplanMeierSpec) -> Plan:
-    grouping = [spec.group] if spec.group else []
-    schema = discovery.read(
-        (
-            yield discovery.query(
-                used=spec.columns(),
-                numeric=[spec.duration, spec.event],
-                grouping=grouping,
-                survival=(spec.duration, spec.event),
-                grid=spec.grid_width,
-                times="all",
-                cells=grouping,
-            )
-        )
-    )
-    total = yield Query("counts", {**schema.params(), "times": schema.times.tolist()})
+
+def plan(spec: KaplanMeierSpec, declared: discovery.Declared) -> Plan:
+    ask = discovery.query(declared, grouping=spec.grouping(), survival=spec)
+    schema = discovery.read((yield ask), ask)
+    total = yield Query("counts", schema.params())
     labels = [col.label(level) for level in schema.levels[spec.group]] if spec.group else [ALL]
-    curves = {
-        name: curve(schema.times, total["events"][g], total["removed"][g], spec.alpha) for g, name in enumerate(labels)
-    }
+    times = np.arange(schema.cells) * spec.grid_width
+    curves = {name: curve(times, total["events"][g], total["removed"][g], spec.alpha) for g, name in enumerate(labels)}
     return {
         "type": "kaplan_meier",
         "n": int(total["removed"].sum()),
@@ -69,6 +60,7 @@ def plan(spec: KaplanMeierSpec) -> Plan:
         "events": int(total["events"].sum()),
         "group": spec.group,
         "time_grid": spec.time_grid,
+        "time_resolution": spec.grid_width,
         "groups": curves,
     }
 
@@ -104,7 +96,7 @@ def curve(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: flo
 
 def local(spec: KaplanMeierSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     rows = col.complete_cases(frame, spec.columns())
-    cell, cells = col.cell_codes(rows, [spec.group] if spec.group else [], query.params["levels"])
+    cell, cells = col.cell_codes(rows, spec.grouping(), query.params["levels"])
     time, event = spec.follow_up(rows)
-    out = counts.local(time, event, cell, cells, np.asarray(query.params["times"], dtype=float))
+    out = counts.local(time, event, cell, cells, query.params["cells"])
     return {**out, "n_dropped": np.array([len(frame) - len(rows)])}

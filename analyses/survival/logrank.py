@@ -30,16 +30,16 @@ SITE = "site"
 
 MANIFEST = (
     *DISCOVERY,
-    Item("counts", "events", "(strata × groups, times)", "events per stratum, group and time cell", Control.MINIMUM,
-         per_time=True),
-    Item("counts", "removed", "(strata × groups, times)", "events + censorings per stratum, group and time cell",
+    Item("counts", "events", "(strata × groups, time cells)", "events per stratum, group and time cell",
+         Control.MINIMUM, per_time=True),
+    Item("counts", "removed", "(strata × groups, time cells)", "events + censorings per stratum, group and time cell",
          Control.MINIMUM, per_time=True),
     Item("counts", "n", "(1,)", "rows used", Control.MINIMUM),
     Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
     Item("counts", "observed", "(groups,)", "stratified by site: (weighted) events per group at the site"),
     Item("counts", "expected", "(groups,)", "stratified by site: expected events per group at the site"),
     Item("counts", "variance", "(groups, groups)", "stratified by site: covariance of observed − expected"),
-    Item("counts", "guard:group_sizes", "(groups,)", "patients per group (checked, not sent)", Control.GUARD),
+    Item("counts", "guard:group_sizes", "(groups,)", "patients per group", Control.GUARD),
 )  # fmt: skip
 
 
@@ -68,29 +68,24 @@ class LogrankSpec(Spec, FollowUp):
     def columns(self) -> list[str]:
         return [self.duration, self.event, self.group, *self.strata_columns]
 
+    def grouping(self) -> list[str]:
+        return [*self.strata_columns, self.group]
 
-def plan(spec: LogrankSpec) -> Plan:
-    schema = discovery.read(
-        (
-            yield discovery.query(
-                used=spec.columns(),
-                numeric=[spec.duration, spec.event],
-                grouping=[spec.group, *spec.strata_columns],
-                survival=(spec.duration, spec.event),
-                grid=spec.grid_width,
-                times=None if SITE in spec.strata else "all",
-                cells=[*spec.strata_columns, spec.group],
-            )
-        )
-    )
+
+def plan(spec: LogrankSpec, declared: discovery.Declared) -> Plan:
+    by_site = SITE in spec.strata
+    ask = discovery.query(declared, numeric=[spec.duration, spec.event], grouping=spec.grouping(),
+                          survival=None if by_site else spec)  # fmt: skip
+    schema = discovery.read((yield ask), ask)
     groups = schema.levels[spec.group]
     if len(groups) < 2:
-        raise AnalysisError(f"'{spec.group}' has a single level ({col.label(groups[0])}); the test needs two or more")
-    total = yield Query("counts", {**schema.params(), "times": schema.times.tolist()})
-    if SITE in spec.strata:
+        shown = col.label(groups[0]) if groups else "none"
+        raise AnalysisError(f"'{spec.group}' has a single level ({shown}); the test needs two or more")
+    total = yield Query("counts", schema.params())
+    if by_site:
         observed, expected, variance = total["observed"], total["expected"], total["variance"]
     else:
-        shape = (-1, len(groups), len(schema.times))
+        shape = (-1, len(groups), schema.cells)
         observed, expected, variance = compare(total["events"].reshape(shape), total["removed"].reshape(shape), spec)
     z = (observed - expected)[:-1]
     statistic = float(z @ np.linalg.pinv(variance[:-1, :-1]) @ z)
@@ -103,6 +98,7 @@ def plan(spec: LogrankSpec) -> Plan:
         "strata": spec.strata,
         "weightings": spec.weightings,
         "time_grid": spec.time_grid,
+        "time_resolution": spec.grid_width,
         "statistic": statistic,
         "df": df,
         "p": float(stats.chi2.sf(statistic, df)),
@@ -151,16 +147,18 @@ def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     rows = col.complete_cases(frame, spec.columns())
     levels = query.params["levels"]
     groups = len(levels[spec.group])
-    cell, cells = col.cell_codes(rows, [*spec.strata_columns, spec.group], levels)
+    cell, cells = col.cell_codes(rows, spec.grouping(), levels)
     time, event = spec.follow_up(rows)
     by_site = SITE in spec.strata
     # Stratified by site, a site works on its own times and never learns the others'.
-    times = np.unique(time) if by_site else np.asarray(query.params["times"], dtype=float)
-    table = counts.local(time, event, cell, cells, times)
+    if by_site:
+        time = np.unique(time, return_inverse=True)[1]
+    length = int(time.max(initial=-1)) + 1 if by_site else query.params["cells"]
+    table = counts.local(time, event, cell, cells, length)
     out: Contribution = {"n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}
     if not by_site:
         return {**out, **table}
-    shape = (-1, groups, len(times))
+    shape = (-1, groups, length)
     observed, expected, variance = compare(table["events"].reshape(shape), table["removed"].reshape(shape), spec)
     group_sizes = np.bincount(col.codes(rows, spec.group, levels[spec.group]), minlength=groups)
     return {**out, "observed": observed, "expected": expected, "variance": variance, "guard:group_sizes": group_sizes}
