@@ -174,18 +174,23 @@ def cell_codes(
     return code, cells
 
 
-def category_counts(frame: pd.DataFrame, covariates: Sequence[str], binary: Sequence[np.ndarray] = ()) -> np.ndarray:
+def category_counts(
+    frame: pd.DataFrame,
+    covariates: Sequence[str],
+    kinds: Mapping[str, str],
+    levels: Mapping[str, Sequence[Level]],
+    binary: Sequence[np.ndarray] = (),
+) -> np.ndarray:
     """Counts a regression reveals about categories (DataSHIELD's guard), to check against the minimum.
 
-    Per text covariate, the rows at each level; per covariate or array in `binary` with two
-    distinct values, the rows holding the rarer one.
+    Rows per agreed level of each text covariate and of each numeric covariate with two agreed levels
+    (a declared binary covariate), and per value of each 0/1 array in `binary` (a binary outcome). The
+    agreed levels give every site the same shape, so the counts can also be summed under masking.
     """
-    found: list[int] = []
-    columns = [frame[name] for name in covariates] + [pd.Series(values) for values in binary]
-    for series in columns:
-        counts = series.value_counts().to_numpy()
-        if not is_numeric_dtype(series) and not is_bool_dtype(series):
-            found.extend(counts.tolist())
-        elif len(counts) == 2:
-            found.append(int(counts.min()))
-    return np.array(found, dtype=np.int64)
+    found: list[np.ndarray] = []
+    for name in covariates:
+        agreed = levels.get(name)
+        if agreed is not None and (kinds[name] == CATEGORICAL or len(agreed) == 2):
+            found.append(np.bincount(codes(frame, name, agreed), minlength=len(agreed)))
+    found += [np.bincount(values.astype(np.int64), minlength=2) for values in binary]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)

@@ -67,9 +67,7 @@ def local(rows: pd.DataFrame, params: dict[str, Any]) -> Contribution:
                 f"(e.g. {name} = {{ levels = [\"a\", \"b\"] }})"
             )
         if declared is not None:
-            found = col.presence(rows, name, declared)
-            if kind == col.CATEGORICAL:
-                out[f"levels:{name}"] = found
+            out[f"levels:{name}"] = col.presence(rows, name, declared)
     for name, declared in params["grouping"].items():
         out[f"kind:{name}"] = np.array([col.kind(rows, name)])
         out[f"levels:{name}"] = col.presence(rows, name, declared)

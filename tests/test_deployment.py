@@ -32,7 +32,9 @@ title = "Lung survival on the deployment engine"
 
 [cohort]
 table = "patients"
-filters = [{ column = "ph.ecog", op = "not missing" }]
+
+[variables]
+sex = { levels = [1, 2] }
 
 [[analysis]]
 id = "baseline"
@@ -45,7 +47,6 @@ type = "kaplan_meier"
 duration = "time"
 event = "status"
 group = "sex"
-time_grid = "week"
 
 [[analysis]]
 id = "cox"
@@ -53,7 +54,6 @@ type = "cox"
 duration = "time"
 event = "status"
 covariates = ["age", "sex", "ph.ecog"]
-time_grid = "week"
 
 [[analysis]]
 id = "cox_within_hospital"
@@ -168,6 +168,19 @@ def test_a_connection_without_tls_is_refused(federation):
     _wait_for(lambda: processes.log("plaintext").count("Connection attempt failed") >= 2, 60)
     assert "SuperNode ID" not in processes.log("plaintext")
     processes.stop("plaintext")
+
+
+def test_a_dry_run_over_the_deployment_answers_per_analysis_and_releases_nothing(federation):
+    command = _workbench("check", federation["root"] / "protocol.toml", "--superlink", f"127.0.0.1:{federation['port']}",
+                         "--root-cert", federation["certs"] / "ca.crt", "--nodes", "3", "--timeout", 60)  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "at 3 site(s); secure aggregation" in done.stdout
+    for analysis in ("baseline", "km_sex", "cox", "cox_within_hospital"):
+        assert f"{analysis}" in done.stdout and "would refuse" not in done.stdout
+    for folder in federation["folders"]:
+        events = [entry["event"] for entry in AuditLog(open_site(folder).state).entries()]
+        assert "check" in events and "release" not in events
 
 
 def _run(federation, out: Path, timeout: int) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from hospital_node.audit import AuditLog
 from hospital_node.handler import answer
 from hospital_node.policy import Policy
 from hospital_node.site import SiteError, open_site
-from tests.conftest import DictKeys, make_site, protocol_text, study
+from tests.conftest import DictKeys, make_site, protocol_text, roster, study
 from workbench.datasets import actg175, lung_hospitals, partition
 from workbench.errors import StudyError
 from workbench.messages import Request
@@ -63,7 +63,7 @@ def test_only_an_approved_protocol_is_answered_and_a_revocation_stops_it(hospita
 
 
 def test_the_node_answers_only_the_approved_protocols_analyses_and_phases(hospitals):
-    protocol = parse(protocol_text(DESCRIBE_AGE))
+    protocol = parse(protocol_text(DESCRIBE_AGE) + roster(hospitals))
     approvals.approve(open_site(hospitals[0]), protocol, by="steward")
 
     def ask(queries):
@@ -96,17 +96,18 @@ def test_policy_refuses_analyses_and_variables_per_site_and_the_result_names_the
     assert {(r["site"], r["analysis"]) for r in exchange.refusals} == {("hospital-1", "cox"), ("hospital-2", "cox")}
 
 
-def test_per_time_counts_below_the_minimum_are_refused_without_revealing_them(hospitals):
-    results, _ = study(hospitals, protocol_text(KM))
-    reasons = results["km"]["refused_by"]
-    assert set(reasons) == {f"hospital-{k}" for k in range(1, 6)}
-    assert all(
-        r == "patients leaving follow-up per time cell: a count between 1 and 4 (the site's minimum is 5)"
-        for r in reasons.values()
-    )
+def test_in_the_clear_per_time_counts_below_the_minimum_are_refused_without_revealing_them(hospitals):
+    clear = protocol_text(KM, COX) + "[privacy]\nsecure_aggregation = false\n"
+    results, exchange = study(hospitals[:2], clear)
+    assert exchange.summary()["mode"] == "clear" and exchange.summary()["thresholds"] == "each site's reply"
+    assert results["km"]["refused_by"] == {
+        f"hospital-{k}": "events per group and time cell: a count between 1 and 4 (the site's minimum is 5)"
+        for k in (1, 2)
+    }
+    assert set(results["cox"]["refused_by"]) == {"hospital-1", "hospital-2"}
 
 
-def test_a_time_grid_makes_survival_releasable_and_equal_to_the_reference_on_that_grid(tmp_path):
+def test_in_the_clear_a_time_grid_makes_survival_releasable_and_equal_to_the_reference_on_that_grid(tmp_path):
     data = actg175()
     folders = [make_site(tmp_path / site, rows) for site, rows in partition(data, 3).items()]
     blocks = [
@@ -116,7 +117,7 @@ def test_a_time_grid_makes_survival_releasable_and_equal_to_the_reference_on_tha
         'id = "cox"\ntype = "cox"\nduration = "days"\nevent = "cens"\ncovariates = ["age", "karnof", "cd40"]\n'
         "time_grid = 182.625",
     ]
-    results, _ = study(folders, protocol_text(*blocks))
+    results, _ = study(folders, protocol_text(*blocks) + "[privacy]\nsecure_aggregation = false\n")
     assert "refused_by" in results["exact"] and "refused_by" in results["quarterly"]
     coarse = data.assign(days=np.ceil(data.days / 182.625) * 182.625)
     km = KaplanMeierFitter().fit(coarse.days, coarse.cens)
@@ -149,8 +150,8 @@ def test_regression_guards_refuse_rare_categories_and_too_many_parameters(tmp_pa
     wide = 'id = "wide"\ntype = "linear"\noutcome = "age"\n' \
            'covariates = ["time", "ph.karno", "pat.karno", "meal.cal", "wt.loss", "ph.ecog"]'  # fmt: skip
     small = make_site(tmp_path / "small", rows.dropna().head(18))
-    results, _ = study([site], protocol_text(logit))
-    assert results["logit"]["refused_by"]["h1"].startswith("rows per covariate category")
+    results, _ = study([site], protocol_text(logit).replace("[variables]", "[variables]\nrare = { levels = [0, 1] }"))
+    assert results["logit"]["refused_by"]["h1"].startswith("rows per covariate category")  # a declared binary covariate
     results, _ = study([small], protocol_text(wide))
     assert results["wide"]["refused_by"]["small"] == "7 parameters need at least 21 rows at each site (3 per parameter)"
 
@@ -173,9 +174,13 @@ def test_differencing_attack_same_statistic_on_s_and_s_minus_one_patient_is_refu
     assert again["ages"]["variables"]["age"]["mean"] == mean_s  # the same rows again: allowed
 
 
-def test_complete_case_deletion_cannot_be_used_for_differencing(hospitals):
+def test_one_population_per_study_and_per_analysis_deletion_is_guarded(hospitals, tmp_path):
     results, _ = study(hospitals, protocol_text(DESCRIBE_AGE, COX_BY_SITE))
-    assert "error" not in results["ages"]
+    assert "error" not in results["ages"] and "error" not in results["cox"]
+    assert results["ages"]["n"] == results["cox"]["n"] == 226 and results["ages"]["n_dropped"] == 1
+    fresh = [make_site(tmp_path / "fresh" / site, rows) for site, (_, rows) in lung_hospitals().items()]
+    results, _ = study(fresh, protocol_text(DESCRIBE_AGE, COX_BY_SITE, cohort='missing = "per_analysis"\n'))
+    assert results["ages"]["n"] == 227 and results["ages"]["n_dropped"] == 0
     assert list(results["cox"]["refused_by"]) == ["hospital-2"]  # its one patient without ph.ecog
 
 
@@ -197,8 +202,8 @@ def test_usage_is_metered_from_the_audit_log_and_reported_with_the_results(hospi
     results, exchange = study(hospitals, protocol_text(DESCRIBE_AGE, KM))
     for site, reply in exchange.replies.items():
         assert reply.usage["queries"] == exchange.rounds + 1 == 4  # the key round, then 3 data rounds
-        assert reply.usage["releases"] == 3 and reply.usage["refusals"] == 1  # describe 3 rounds; KM refused
-        assert reply.usage["rows"] == reply.rows
+        assert reply.usage["releases"] == 5 and reply.usage["refusals"] == 0  # describe 3 rounds, KM 2
+        assert reply.rows is None and "rows" not in reply.usage  # masked: a site's cohort size stays at the site
         assert reply.audit_head == AuditLog(open_site(hospitals[int(site[-1]) - 1]).state).entries()[-1]["hash"]
     entries = AuditLog(open_site(hospitals[0]).state).entries()
     request = next(e for e in entries if e["event"] == "request" and e["queries"])

@@ -17,6 +17,12 @@ title = "Survival in advanced lung cancer"
 [cohort]
 table = "patients"
 
+[variables]
+sex = { levels = [1, 2] }
+
+[privacy]
+secure_aggregation = false
+
 [[analysis]]
 id = "baseline"
 type = "describe"
@@ -56,7 +62,18 @@ def test_the_contract_protocol_is_accepted_as_written_and_hashed():
     parsed = protocol.parse(ISSUE_EXAMPLE)
     assert list(parsed.analyses) == ["baseline", "km_sex", "logrank_sex", "cox", "logit"]
     assert parsed.sha256 == hashlib.sha256(ISSUE_EXAMPLE.encode()).hexdigest()
-    assert protocol.parse(demo.protocol_text()).model.study.id == "ncctg-lung"
+    assert parsed.levels == {"sex": [1.0, 2.0]}
+    assert parsed.model.cohort.missing == "complete_cases"
+    assert parsed.population(parsed.analyses["baseline"]) == ["age", "wt.loss", "time", "status", "sex", "ph.ecog"]
+    assert parsed.model.study.id == "ncctg-lung"
+
+
+def test_secure_aggregation_without_a_roster_is_caught_at_validation(tmp_path):
+    with pytest.raises(protocol.ProtocolError, match=r"secure_aggregation is on \(the default\) but \[federation.sites\] "
+                       r"pins no site: add one line per site, as `workbench node identity --site DIR` prints it"):
+        protocol.parse(demo.protocol_text())
+    sites = demo.build_sites(tmp_path)
+    assert protocol.parse(demo.protocol_text() + demo.roster(sites)).model.study.id == "ncctg-lung"
 
 
 @pytest.mark.parametrize(
@@ -70,6 +87,12 @@ def test_the_contract_protocol_is_accepted_as_written_and_hashed():
         (("type = \"logrank\"", "type = \"log-rank\""), "analysis #3 (id 'logrank_sex'): unknown type 'log-rank' (did you mean 'logrank'?)"),
         (("table = \"patients\"", "table = \"../../etc/passwd\""), "[cohort]: field 'table': String should match pattern"),
         (("outcome = \"status\"", "outcome = \"status\"\nexposure = \"time\""), "'exposure' applies only to type = \"poisson\""),
+        (("sex = { levels = [1, 2] }", ""), "analysis 'km_sex' groups by 'sex': declare the values it may take in "
+         "[variables], e.g. sex = { levels = [1, 2] }"),
+        (("levels = [1, 2]", "levels = [1, \"2\"]"), "[variables] 'sex': field 'levels': levels must be all numbers or all text"),
+        (("levels = [1, 2]", "levels = [1, 1]"), "[variables] 'sex': field 'levels': a level is listed twice"),
+        (("levels = [1, 2]", "levls = [1, 2]"), "[variables] 'sex': unknown field 'levls' (did you mean 'levels'?)"),
+        (("[cohort]", "[cohort]\nmissing = \"pairwise\""), "[cohort]: field 'missing': Input should be 'complete_cases' or 'per_analysis'"),
     ],
 )  # fmt: skip
 def test_protocol_errors_name_the_field_and_the_fix(edit, message):

@@ -85,10 +85,11 @@ def test_the_coordinator_receives_only_uniform_noise_uncorrelated_with_the_data(
     frames = {k: rows for k, (_, rows) in lung_hospitals().items()}
     folders = _sites(tmp_path, frames, "sites")
     text = protocol_text(f'id = "km"\ntype = "kaplan_meier"\n{SURV}\ngroup = "sex"')
-    times = np.unique(pd.concat(frames.values()).time)
-    truth = np.zeros((2, len(times)))  # hospital-1's true removals per sex and time
+    longest = int(pd.concat(frames.values()).time.max())
+    assert longest == 1022
+    truth = np.zeros((2, 1024))  # hospital-1's true removals per sex and day of the public axis (1022 → 1024 cells)
     for (sex, time), count in frames["hospital-1"].groupby(["sex", "time"]).size().items():
-        truth[int(sex) - 1, np.searchsorted(times, time)] = count
+        truth[int(sex) - 1, int(time)] = count
     received = []
     for _ in range(4):  # the same study again: fresh keys every time
         _, run = study(folders, text)

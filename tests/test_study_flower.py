@@ -20,9 +20,7 @@ from analyses import registry
 from analyses.disclosure import Limits
 from analyses.driver import in_memory, run
 from hospital_node.audit import AuditLog
-from hospital_node.cohort import select
 from tests.test_ethics import validate
-from workbench import demo as demo_module
 from workbench import models
 from workbench import protocol as protocol_module
 from workbench.datasets import lung_hospitals
@@ -48,11 +46,12 @@ def test_demo_writes_the_results_contract(demo):
     out, results = demo
     assert results["protocol_sha256"] == protocol_module.load(out / "protocol.toml").sha256
     assert [s["id"] for s in results["sites"]] == [f"hospital-{k}" for k in range(1, 6)]
-    assert sum(s["rows"] for s in results["sites"]) == len(_demo_cohort())
     assert results["refusals"] == []
+    assert results["secure_aggregation"]["thresholds"] == "cross-site totals"
+    assert results["secure_aggregation"]["min_count"] == 5  # the default policy
     for site in results["sites"]:
         assert site["usage"]["queries"] == results["rounds"] + 1 and site["usage"]["refusals"] == 0  # + key round
-        assert site["usage"]["rows"] == site["rows"] and len(site["audit_head"]) == 64
+        assert site["rows"] is None and "rows" not in site["usage"] and len(site["audit_head"]) == 64
     analyses = results["analyses"]
     assert set(analyses) == set(protocol_module.load(out / "protocol.toml").analyses)
     for result in analyses.values():
@@ -91,30 +90,27 @@ def test_demo_trains_both_models_with_dp_through_flower(demo):
     assert "hospital-1: ε spent 6.9" in privacy.stdout and "of max_epsilon 8" in privacy.stdout
 
 
-def _demo_frames() -> dict[str, pd.DataFrame]:
-    """The demo hospitals' cohorts: the demo protocol's filters applied to each site's rows."""
-    filters = protocol_module.parse(demo_module.protocol_text()).model.cohort.filters
-    return {site: select(rows, filters) for site, (_, rows) in lung_hospitals().items()}
+def _demo_frames(study: protocol_module.Protocol) -> dict[str, pd.DataFrame]:
+    """The demo hospitals' study population: the rows with a value in every variable the analyses read."""
+    columns = study.population(next(iter(study.analyses.values())))
+    return {site: rows.dropna(subset=columns) for site, (_, rows) in lung_hospitals().items()}
 
 
-def _demo_cohort() -> pd.DataFrame:
-    return pd.concat(_demo_frames().values())
-
-
-def test_flower_results_equal_pooled_references_on_the_same_grid(demo):
-    _, results = demo
+def test_flower_results_equal_pooled_references_at_exact_days(demo):
+    out, results = demo
     analyses = results["analyses"]
-    lung = _demo_cohort()
-    weekly = lung.assign(time=np.ceil(lung.time / 7) * 7)
-    ref = PHReg(weekly.time, weekly[["age", "sex", "ph.ecog"]], status=weekly.status, ties="efron").fit(tol=1e-12)
+    lung = pd.concat(_demo_frames(protocol_module.load(out / "protocol.toml")).values())
+    assert len(lung) == 212 and results["secure_aggregation"]["mode"] == "masked"
+    ref = PHReg(lung.time, lung[["age", "sex", "ph.ecog"]], status=lung.status, ties="efron").fit(tol=1e-12)
     got = [analyses["cox"]["params"][k]["coef"] for k in ("age", "sex", "ph.ecog")]
     np.testing.assert_allclose(got, ref.params, rtol=0, atol=1e-10)
-    women = weekly[weekly.sex == 2]
+    women = lung[lung.sex == 2]
     km = KaplanMeierFitter().fit(women.time, women.status)
+    np.testing.assert_array_equal(analyses["km_sex"]["groups"]["2"]["time"], km.timeline)
     np.testing.assert_allclose(
         analyses["km_sex"]["groups"]["2"]["survival"], km.survival_function_.iloc[:, 0], atol=1e-12
     )
-    men = weekly[weekly.sex == 1]
+    men = lung[lung.sex == 1]
     lr = logrank_test(men.time, women.time, men.status, women.status)
     assert analyses["logrank_sex"]["statistic"] == pytest.approx(lr.test_statistic, abs=1e-10)
     assert analyses["baseline"]["variables"]["wt.loss"]["sd"] == pytest.approx(lung["wt.loss"].std(), abs=1e-12)
@@ -125,10 +121,12 @@ def test_flower_results_equal_pooled_references_on_the_same_grid(demo):
 def test_flower_adds_no_error_to_the_in_memory_federation(demo):
     out, results = demo
     study = protocol_module.load(out / "protocol.toml")
-    limits = Limits(min_count=5, min_time_count=1, rows_per_parameter=3)  # the demo hospitals' policy
-    expected = run({key: registry.plan(spec) for key, spec in study.analyses.items()},
-                   in_memory(_demo_frames(), study.analyses, limits))  # fmt: skip
-    assert results["analyses"] == json.loads(json.dumps(json_safe(expected)))
+    plans = {key: registry.plan(spec, study.levels) for key, spec in study.analyses.items()}
+    cohorts = {site: rows for site, (_, rows) in lung_hospitals().items()}
+    population = {key: study.population(spec) for key, spec in study.analyses.items()}
+    expected = run(plans, in_memory(cohorts, study.analyses, Limits(), masked=True, population=population))
+    published = {"ecog_by_sex": results["analyses"]["ecog_by_sex"]}  # small totals are ranges in the study only
+    assert {**results["analyses"], **published} == json.loads(json.dumps(json_safe({**expected, **published})))
 
 
 def test_site_order_does_not_change_a_single_bit(demo, tmp_path):
@@ -203,7 +201,7 @@ def test_unknown_column_names_the_analysis_and_suggests_the_fix(demo, tmp_path):
     for folder in folders:
         approved = workbench("node", "approve", protocol, "--site", folder, "--yes", "--by", "test steward")
         assert approved.returncode == 0, approved.stderr
-        assert "Analysis 'baseline' (describe) reads: agee, ph.ecog, ph.karno, wt.loss" in approved.stdout
+        assert "Analysis 'baseline' (describe) reads: agee\n" in approved.stdout
     sites = [a for s in folders for a in ("--site", s)]
     done = workbench("run", protocol, *sites, "--out", tmp_path / "result", "--quiet")
     _assert_refused(done, tmp_path / "result", "site hospital-1, hospital-2, hospital-3: patients.csv: analysis 'baseline': "

@@ -154,7 +154,7 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
             "events": np.array([int(event.sum())]),
             "sum_x": x.sum(axis=0),
             "sum_x2": (x**2).sum(axis=0),
-            "guard:categories": col.category_counts(rows, spec.covariates),
+            "guard:categories": col.category_counts(rows, spec.covariates, params["kinds"], params["levels"]),
             "guard:saturation": np.array([len(rows), x.shape[1]]),
         }
         if SITE not in spec.strata:

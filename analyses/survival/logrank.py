@@ -153,7 +153,7 @@ def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     # Stratified by site, a site works on its own times and never learns the others'.
     if by_site:
         time = np.unique(time, return_inverse=True)[1]
-    length = int(time.max(initial=-1)) + 1 if by_site else query.params["cells"]
+    length = int(time.max(initial=0)) + 1 if by_site else query.params["cells"]
     table = counts.local(time, event, cell, cells, length)
     out: Contribution = {"n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}
     if not by_site:

@@ -15,24 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from analyses import registry
-from analyses.disclosure import DISCOVERY, Control, Item
+from analyses.columns import label
+from analyses.disclosure import DISCOVERY, Control, Item, rule
 from analyses.spec import Spec
-from hospital_node import approvals
+from analyses.survival.follow_up import FollowUp
+from hospital_node import approvals, masking
 from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
 from hospital_node.imaging import ATTRIBUTES_READ
+from hospital_node.policy import Policy
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
-from hospital_node.steward import conflicts, fingerprint
+from hospital_node.steward import conflicts, fingerprint, masked_study
 from workbench import results as results_module
 from workbench.errors import UserError
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 from workbench.training_spec import TrainingSpec
 
-FORMAT = "workbench-ethics/1"
-MASKED_MINIMUM_SITES = 3
-"""Secure aggregation masks a round only among at least this many sites."""
+FORMAT = "workbench-ethics/2"
 
 ROLE_FIELDS = ("outcome", "duration", "event", "variable", "variables", "row", "column", "group", "covariates",
                "exposure", "strata")  # fmt: skip
@@ -46,6 +47,7 @@ def build(protocol: Protocol, sites: list[Site], run: Path | None, language: str
     """The whole document; `run` is a finished study's output folder (with results.json)."""
     results = _results(run, protocol) if run else None
     model = protocol.model
+    masked = masked_study(protocol)
     return {
         "format": FORMAT,
         "language": language,
@@ -60,16 +62,15 @@ def build(protocol: Protocol, sites: list[Site], run: Path | None, language: str
         "processing": {
             "cohort_table": model.cohort.table,
             "filters": [f.model_dump() for f in model.cohort.filters],
-            "secure_aggregation": model.privacy.secure_aggregation,
-            "masked_minimum_sites": MASKED_MINIMUM_SITES,
             "analyses": len(protocol.analyses),
             "trainings": len(model.training),
             "diagram": "data-flow.png",
         },
+        "aggregation": _aggregation(protocol, sites, results, masked),
         "disclosure": {
-            "discovery": _rounds(DISCOVERY, False)[0]["items"],
-            "analyses": [_analysis(protocol, spec) for spec in protocol.analyses.values()],
-            "trainings": [_training(spec) for spec in model.training],
+            "discovery": _rounds(DISCOVERY, sites, masked)[0]["items"],
+            "analyses": [_analysis(protocol, spec, sites, masked) for spec in protocol.analyses.values()],
+            "trainings": [_training(spec, sites) for spec in model.training],
         },
         "minimisation": _minimisation(protocol),
         "privacy": _privacy(protocol, sites, results),
@@ -144,13 +145,30 @@ def _sites(protocol: Protocol, sites: list[Site], results: dict[str, Any] | None
     return out
 
 
-def _analysis(protocol: Protocol, spec: Spec) -> dict[str, Any]:
+def _aggregation(
+    protocol: Protocol, sites: list[Site], results: dict[str, Any] | None, masked: bool
+) -> dict[str, Any]:
+    """Where the disclosure rules apply (each site's reply, or the published cross-site totals) and how far
+    masking hides a site's share; after a run, as the run reports it."""
+    summary = results["secure_aggregation"] if results else {}
+    return {
+        "masked": masked,
+        "minimum_sites": masking.MINIMUM_SITES,
+        "thresholds": summary.get("thresholds", "cross-site totals" if masked else "each site's reply"),
+        "min_count": summary.get("min_count", max((site.policy.min_cell_count for site in sites), default=None)),
+        "mode": summary.get("mode"),
+        "other_sites": max(len(protocol.model.federation.sites) - 1, 0),
+    }
+
+
+def _analysis(protocol: Protocol, spec: Spec, sites: list[Site], masked: bool) -> dict[str, Any]:
     return {
         "id": spec.id,
         "type": spec.type,  # type: ignore[attr-defined]
         "variables": _roles(spec),
-        "time_grid": _grid(spec),
-        "rounds": _rounds(_own(registry.manifest(spec)), protocol.model.privacy.secure_aggregation),
+        "population": protocol.population(spec),
+        "time_resolution": _resolution(spec),
+        "rounds": _rounds(_own(registry.manifest(spec)), sites, masked),
     }
 
 
@@ -159,29 +177,47 @@ def _own(manifest: tuple[Item, ...]) -> tuple[Item, ...]:
     return tuple(item for item in manifest if item not in DISCOVERY)
 
 
-def _grid(spec: Spec) -> str | None:
-    """A survival analysis' time grid ("exact": distinct times, no grid); None for other analyses."""
-    if not hasattr(spec, "time_grid"):
+def _resolution(spec: Spec) -> dict[str, Any] | None:
+    """A survival analysis' time resolution: its named grid (None: a width) and the cell width in the
+    duration's own unit (1 by default: whole days when durations are days); None for other analyses."""
+    if not isinstance(spec, FollowUp):
         return None
-    return "exact" if spec.time_grid is None else str(spec.time_grid)
+    return {"grid": spec.time_grid if isinstance(spec.time_grid, str) else None, "width": spec.grid_width}
 
 
-def _rounds(manifest: tuple[Item, ...], secure: bool) -> list[dict[str, Any]]:
-    """Manifest items per round type, in the order the rounds run."""
+def _rounds(manifest: tuple[Item, ...], sites: list[Site], masked: bool) -> list[dict[str, Any]]:
+    """Manifest items per round type, in the order the rounds run; `masked`: the study's rounds are masked.
+
+    Under masking every item but column kinds leaves masked, guards and saturation checks included (they
+    are checked on the cross-site totals), except the per-time guards, which are not sent at all.
+    """
     rounds: dict[str, list[dict[str, Any]]] = {}
     for item in manifest:
+        hidden = masked and not item.key.startswith("kind:") and (item.sent or not item.per_time)
         rounds.setdefault(item.phase, []).append({
             "key": item.key,
             "shape": item.shape,
             "meaning": item.meaning,
             "control": str(item.control),
-            "sent": item.sent,
+            "sent": item.sent or hidden,
             "count_rule": item.control in (Control.RANGE, Control.MINIMUM, Control.GUARD),
             "per_time": item.per_time,
-            "masked": secure and item.sent and item.phase not in ("discover", "train", "evaluate"),
+            "masked": hidden,
             "dp_noise": item.phase == "train" and item.key.startswith("<"),
+            "rules": _rules(item, sites, masked),
         })  # fmt: skip
     return [{"phase": phase, "items": items} for phase, items in rounds.items()]
+
+
+def _rules(item: Item, sites: list[Site], masked: bool) -> list[dict[str, Any]]:
+    """The rule applied to an item, in the words the steward's review uses, with the sites whose policy
+    gives that text (no site folders given: the default policy, and no sites named)."""
+    texts: dict[str, list[str]] = {}
+    for site in sites:
+        texts.setdefault(rule(item, site.policy.limits, masked), []).append(site.id)
+    if not sites:
+        texts[rule(item, Policy().limits, masked)] = []
+    return [{"text": text, "sites": ids} for text, ids in texts.items()]
 
 
 def _roles(spec: Spec) -> list[dict[str, str]]:
@@ -198,7 +234,7 @@ def _roles(spec: Spec) -> list[dict[str, str]]:
     return roles
 
 
-def _training(spec: TrainingSpec) -> dict[str, Any]:
+def _training(spec: TrainingSpec, sites: list[Site]) -> dict[str, Any]:
     from workbench import models  # torch loads only when a protocol trains
 
     network = models.build(spec.architecture, len(spec.features))
@@ -218,7 +254,7 @@ def _training(spec: TrainingSpec) -> dict[str, Any]:
         "tensors": tensors,
         "parameters": parameters,
         "bytes_per_round": parameters * 4,
-        "replies": _rounds(TRAINING_MANIFEST, secure=False),
+        "replies": _rounds(TRAINING_MANIFEST, sites, masked=False),
     }
 
 
@@ -233,8 +269,10 @@ def _minimisation(protocol: Protocol) -> dict[str, Any]:
         for name in training.columns():
             role = "outcome" if name == training.outcome else "feature"
             uses.setdefault(name, []).append({"analysis": training.id, "role": role})
+    declared = {name: [label(level) for level in levels] for name, levels in protocol.levels.items()}
     return {
-        "variables": [{"name": name, "uses": used} for name, used in uses.items()],
+        "variables": [{"name": name, "uses": used, "levels": declared.get(name)} for name, used in uses.items()],
+        "missing": protocol.model.cohort.missing,
         "images": [t.images for t in protocol.model.training if t.images],
         "retention": protocol.model.study.retention,
     }
@@ -258,8 +296,9 @@ def _privacy(protocol: Protocol, sites: list[Site], results: dict[str, Any] | No
             "epsilon_spent_by_study": study, "epsilon_spent_total": total,
             "epsilon_remaining": max(site.policy.max_epsilon - total, 0.0),
         })  # fmt: skip
-    grids = [{"analysis": spec.id, "grid": _grid(spec)} for spec in protocol.analyses.values() if _grid(spec)]
-    return {"sites": per_site, "time_grids": grids, "trainings": trainings, "accountant": "opacus-rdp",
+    resolutions = [{"analysis": spec.id, **resolution} for spec in protocol.analyses.values()
+                   if (resolution := _resolution(spec))]  # fmt: skip
+    return {"sites": per_site, "time_resolutions": resolutions, "trainings": trainings, "accountant": "opacus-rdp",
             "mechanism": "dp-sgd"}  # fmt: skip
 
 
@@ -276,11 +315,12 @@ def _risks(protocol: Protocol, sites: list[Site]) -> list[dict[str, Any]]:
         "coordinator_sees_site_values": True,
         "protocol_tampering": True,
     }
-    counts = sorted({site.policy.min_cell_count for site in sites})
-    return [{"id": risk, "applies": applies[risk],
-             "parameters": {"min_cell_counts": counts, "secure_aggregation": model.privacy.secure_aggregation,
-                            "target_epsilons": [t.privacy.target_epsilon for t in model.training]}}
-            for risk in RISKS]  # fmt: skip
+    parameters = {
+        "min_cell_counts": sorted({site.policy.min_cell_count for site in sites}),
+        "missing": model.cohort.missing,
+        "target_epsilons": [t.privacy.target_epsilon for t in model.training],
+    }
+    return [{"id": risk, "applies": applies[risk], "parameters": parameters} for risk in RISKS]
 
 
 def _audit(sites: list[Site], results: dict[str, Any] | None) -> dict[str, Any]:
@@ -304,6 +344,8 @@ def _audit(sites: list[Site], results: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _run(results: dict[str, Any], run: Path) -> dict[str, Any]:
+    """The run in brief; `rows` is None when the sites did not report their cohort sizes (secure aggregation)."""
+    rows = [site["rows"] for site in results["sites"]]
     return {
         "folder": run.name,
         "created": results["created"],
@@ -312,5 +354,5 @@ def _run(results: dict[str, Any], run: Path) -> dict[str, Any]:
         "seconds": results["seconds"],
         "refusals": len(results["refusals"]),
         "failed": sorted(results_module.failed(results)),
-        "rows": sum(site["rows"] for site in results["sites"]),
+        "rows": None if None in rows else sum(rows),
     }
