@@ -14,10 +14,16 @@ from workbench.datasets import partition
 from workbench.protocol import Protocol, parse
 
 COVARIATES = ["age", "karnof", "cd40"]
-"""Three, so that sites of ~10 patients pass the nodes' default guard of 3 rows per regression parameter."""
-POLICY = "[policy]\nmin_cell_count = 1\nclear_aggregation = true\n"
-"""Sites of ~10–30 patients release nothing under a real minimum; this measures the machinery, not the policy."""
+"""Three regression parameters."""
+DEFAULT_POLICY = ""
+"""The default site policy (minimum count 5; under secure aggregation it applies to the published totals)."""
+CLEAR_POLICY = "[policy]\nmin_cell_count = 1\nclear_aggregation = true\n"
+"""For comparing clear with masked rounds: in the clear each site's own counts face the minimum, and sites of
+~10–30 patients would release nothing under a real one; this measures the machinery, not the policy."""
 SUITE = f"""
+[variables]
+arms = {{ levels = [0, 1, 2, 3] }}
+
 [[analysis]]
 id = "km"
 type = "kaplan_meier"
@@ -42,12 +48,12 @@ covariates = {json.dumps(COVARIATES)}
 """Kaplan–Meier and log-rank by arm, and a Cox model."""
 
 
-def site_folders(rows: pd.DataFrame, count: int, folder: Path) -> list[Path]:
-    """`count` site folders under `folder`, the rows dealt at random, each with the benchmark policy."""
+def site_folders(rows: pd.DataFrame, count: int, folder: Path, policy: str = DEFAULT_POLICY) -> list[Path]:
+    """`count` site folders under `folder`, the rows dealt at random, each with `policy`."""
     sites = []
     for site_id, site_rows in partition(rows, count).items():
         (folder / site_id).mkdir(parents=True)
-        (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{POLICY}')
+        (folder / site_id / "site.toml").write_text(f'[site]\nid = "{site_id}"\n{policy}')
         site_rows.to_csv(folder / site_id / "patients.csv", index=False)
         sites.append(folder / site_id)
     return sites

@@ -5,9 +5,14 @@ ACTG 175 (2,139 real patients) is dealt at random into 5, 20, 67 and 200 site fo
 site count: wall time of the whole command (Python and Ray start included), time of
 the study itself (first round to last), rounds, and the peak resident memory of the
 command's whole process tree (Ray workers included, sampled every 50 ms); then the
-same suite in this process without Flower, and pooled lifelines on the same rows.
+same suite in this process without Flower, and pooled lifelines on the same rows. Sites use the
+default policy (minimum count 5; under secure aggregation it applies to the published totals).
 
-    python bench/scaling.py [--sites 5 20 67 200]
+With `--baseline REV`, the same site counts are then run by revision REV's own copy of this
+benchmark (checked out into a temporary git worktree, same Python environment), so a change is
+measured side by side with what it replaced.
+
+    python bench/scaling.py [--sites 5 20 67 200] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.05) -> list
 
 def flower(rows, count: int, folder: Path) -> dict[str, float]:
     sites = site_folders(rows, count, folder)
-    approved(PROTOCOL, sites, folder / "protocol.toml")
+    study = approved(PROTOCOL, sites, folder / "protocol.toml")
     paths = [arg for site in sites for arg in ("--site", str(site))]
     command = [sys.executable, "-m", "workbench.cli", "run", str(folder / "protocol.toml"), *paths,
                "--out", str(folder / "out"), "--quiet"]  # fmt: skip
@@ -69,15 +74,33 @@ def flower(rows, count: int, folder: Path) -> dict[str, float]:
     if process.returncode != 0:
         raise SystemExit(f"{count} sites failed: {process.stderr.read().decode() if process.stderr else ''}")
     results = json.loads((folder / "out" / "results.json").read_text())
-    return {"wall": wall, "study": results["seconds"], "rounds": results["rounds"], "peak_mb": peak[0] / 2**20}
+    failed = {key: value["error"] for key, value in results["analyses"].items() if "error" in value}
+    if failed:
+        raise SystemExit(f"{count} sites: {failed}")
+    return {"wall": wall, "study": results["seconds"], "rounds": results["rounds"], "peak_mb": peak[0] / 2**20,
+            "in_memory": in_memory(rows, count, study)}  # fmt: skip
 
 
-def in_memory(rows, sites: int) -> float:
-    specs = protocols.parse(PROTOCOL).analyses
+def in_memory(rows, sites: int, study: protocols.Protocol) -> float:
     frames = partition(rows, sites)
     started = time.perf_counter()
-    run_in_memory(specs, frames)
+    run_in_memory(study.analyses, frames, study.levels)
     return time.perf_counter() - started
+
+
+def baseline(revision: str, sites: list[int]) -> None:
+    """Run revision `revision`'s own copy of this benchmark on the same site counts, from a temporary worktree."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="baseline-") as folder:
+        tree = Path(folder) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), revision], check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            print(f"# baseline: revision {revision}, its own bench/scaling.py", flush=True)
+            subprocess.run([sys.executable, str(tree / "bench" / "scaling.py"), "--sites", *map(str, sites)],
+                           check=True, env={**os.environ, "PYTHONPATH": str(tree)})  # fmt: skip
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def pooled(rows) -> float:
@@ -92,6 +115,7 @@ def pooled(rows) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[5, 20, 67, 200])
+    parser.add_argument("--baseline", metavar="REV", help="also run this git revision's benchmark, side by side")
     args = parser.parse_args()
     rows = actg175()
     print(
@@ -99,17 +123,18 @@ def main() -> None:
     )
     print(f"# Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Flower simulation (Ray backend, 1 CPU per node); "
-          "nodes enforce policy (min_cell_count 1), differencing guard and fsynced audit log")  # fmt: skip
+          "secure aggregation; nodes enforce the default policy, differencing guard and fsynced audit log")  # fmt: skip
     print(
         f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'study s':>8} {'peak MiB':>9} {'no-Flower s':>11}"
     )
     for sites in args.sites:
         with tempfile.TemporaryDirectory() as folder:
             f = flower(rows, sites, Path(folder))
-        local = in_memory(rows, sites)
         print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {f['study']:>8.1f} "
-              f"{f['peak_mb']:>9.0f} {local:>11.2f}")  # fmt: skip
-    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {pooled(rows):.2f} s")
+              f"{f['peak_mb']:>9.0f} {f['in_memory']:>11.2f}", flush=True)  # fmt: skip
+    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {pooled(rows):.2f} s", flush=True)
+    if args.baseline:
+        baseline(args.baseline, args.sites)
 
 
 if __name__ == "__main__":

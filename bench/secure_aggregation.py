@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from actg_sites import SUITE, approved, site_folders
+from actg_sites import CLEAR_POLICY, SUITE, approved, site_folders
 
 from workbench.datasets import actg175
 
@@ -64,7 +64,7 @@ def main() -> None:
     for count in args.sites:
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
-            sites = site_folders(rows, count, folder)
+            sites = site_folders(rows, count, folder, CLEAR_POLICY)
             clear = run(folder, sites, secure=False)
             masked = run(folder, sites, secure=True)
         for label, r in (("clear", clear), ("masked", masked)):
