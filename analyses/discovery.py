@@ -64,7 +64,7 @@ def local(rows: pd.DataFrame, params: dict[str, Any]) -> Contribution:
         if kind == col.CATEGORICAL and declared is None:
             raise DataError(
                 f"column '{name}' holds text: declare the values it may take in the protocol's [variables] "
-                f"(e.g. {name} = {{ levels = [\"a\", \"b\"] }})"
+                f'(e.g. {name} = {{ levels = ["a", "b"] }})'
             )
         if declared is not None:
             out[f"levels:{name}"] = col.presence(rows, name, declared)

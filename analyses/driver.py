@@ -14,10 +14,10 @@ import pandas as pd
 
 from analyses import columns as col
 from analyses import registry
-from analyses.contract import AnalysisError, Contribution, Plan, Query, Refusal, reduce_queries
-from analyses.discovery import Declared
-from analyses.disclosure import Limits, release
 from analyses.columns import Level
+from analyses.contract import AnalysisError, Contribution, Plan, Query, Refusal, reduce_queries
+from analyses.disclosure import Limits, release
+from analyses.discovery import Declared
 from analyses.spec import Spec
 
 Exchange = Callable[[dict[str, Query]], dict[str, Contribution | AnalysisError]]

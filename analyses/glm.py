@@ -147,8 +147,9 @@ def local(spec: GlmSpec, frame: pd.DataFrame, query: Query) -> Contribution:
             "n_dropped": np.array([len(frame) - len(rows)]),
             "sum_y": np.array([y.sum()]),
             "sum_exposure": np.array([exposure.sum()]),
-            "guard:categories": col.category_counts(rows, spec.covariates, params["kinds"], params["levels"],
-                                                     [y] if spec.type == "logistic" else []),
+            "guard:categories": col.category_counts(
+                rows, spec.covariates, params["kinds"], params["levels"], [y] if spec.type == "logistic" else []
+            ),
             "guard:saturation": np.array([len(rows), x.shape[1]]),
         }
     eta = x @ np.asarray(params["beta"], dtype=float) + np.log(exposure)

@@ -75,7 +75,9 @@ def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
                    capture_output=True)  # fmt: skip
 
     def start(command: list[str], log: Path) -> Path:
-        running.append(subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True))
+        running.append(
+            subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        )
         return log
 
     def wait_for(log: Path, text: str) -> None:

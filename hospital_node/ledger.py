@@ -63,7 +63,7 @@ class Ledger:
             os.replace(temporary, self.folder / f"{digest}.npy")
             known[digest] = (rows, set())
         known[digest][1].update(about)
-        entry = {"digest": digest, "rows": int(len(rows)), "columns": sorted(about),
+        entry = {"digest": digest, "rows": len(rows), "columns": sorted(about),
                  "time": datetime.now(UTC).isoformat(), **context}  # fmt: skip
         with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
             index.write(json.dumps(entry) + "\n")

@@ -29,7 +29,9 @@ class Policy(BaseModel):
     clear_aggregation: bool = Field(
         False, description="send contributions unmasked when a study has secure aggregation off or fewer than 3 sites"
     )
-    min_sites: int = Field(3, ge=3, description="send masked contributions only in rounds with at least this many sites")
+    min_sites: int = Field(
+        3, ge=3, description="send masked contributions only in rounds with at least this many sites"
+    )
     own_share_minimums: bool = Field(
         False,
         description="also hold this site's own masked share to the minimums (stricter: refuses most survival "

@@ -54,7 +54,7 @@ def masked_study(protocol: Protocol) -> bool:
 
 def _population(protocol: Protocol) -> str:
     if protocol.model.cohort.missing == "per_analysis":
-        return "Missing values: each analysis drops only its own incomplete rows ([cohort] missing = \"per_analysis\")"
+        return 'Missing values: each analysis drops only its own incomplete rows ([cohort] missing = "per_analysis")'
     columns = list(dict.fromkeys(name for spec in protocol.analyses.values() for name in spec.columns()))
     return (f"Missing values: one population for every analysis: the cohort rows with a value in {', '.join(columns)} "
             "(so the study's analyses never difference each other)")  # fmt: skip
@@ -77,8 +77,10 @@ def _training(site: Site, spec: TrainingSpec) -> list[str]:
     return [
         f"Training '{spec.id}' ({spec.task}, model {spec.architecture}, {spec.rounds} rounds, {spec.strategy}) reads {reads}",
         f"  the model's weights: {weights:,} parameters ({weights * 4:,} bytes) per round",
-        *[f"  {item.phase:<9} {item.key:<20} {item.meaning} ({rule(item, site.policy.limits, False)})"
-          for item in TRAINING_MANIFEST],
+        *[
+            f"  {item.phase:<9} {item.key:<20} {item.meaning} ({rule(item, site.policy.limits, False)})"
+            for item in TRAINING_MANIFEST
+        ],
         f"  privacy: DP-SGD (Opacus), target ε = {privacy.target_epsilon:g} for the whole training at δ = {privacy.delta:g}, "
         f"clipping norm {privacy.max_grad_norm:g}; this site's budget: max_epsilon {site.policy.max_epsilon:g}",
     ]

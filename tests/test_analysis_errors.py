@@ -27,7 +27,9 @@ def test_site_order_gives_identical_bits():
 
 
 def test_a_column_numeric_at_one_site_and_text_at_another_is_named():
-    kinds = reduce_contributions([("a", {"kind:sex": np.array(["numeric"])}), ("b", {"kind:sex": np.array(["categorical"])})])
+    kinds = reduce_contributions(
+        [("a", {"kind:sex": np.array(["numeric"])}), ("b", {"kind:sex": np.array(["categorical"])})]
+    )
     with pytest.raises(AnalysisError, match="column 'sex' is numeric at some sites and text at others"):
         discovery.read(kinds, discovery.query({}, covariates=["sex"]))
 

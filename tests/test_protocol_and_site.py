@@ -69,8 +69,11 @@ def test_the_contract_protocol_is_accepted_as_written_and_hashed():
 
 
 def test_secure_aggregation_without_a_roster_is_caught_at_validation(tmp_path):
-    with pytest.raises(protocol.ProtocolError, match=r"secure_aggregation is on \(the default\) but \[federation.sites\] "
-                       r"pins no site: add one line per site, as `workbench node identity --site DIR` prints it"):
+    with pytest.raises(
+        protocol.ProtocolError,
+        match=r"secure_aggregation is on \(the default\) but \[federation.sites\] "
+        r"pins no site: add one line per site, as `workbench node identity --site DIR` prints it",
+    ):
         protocol.parse(demo.protocol_text())
     sites = demo.build_sites(tmp_path)
     assert protocol.parse(demo.protocol_text() + demo.roster(sites)).model.study.id == "ncctg-lung"

@@ -65,7 +65,10 @@ def test_default_policies_masked_every_analysis_computes_and_equals_the_pooled_r
         np.testing.assert_allclose(curve["survival"], km.survival_function_.iloc[:, 0], atol=1e-10, rtol=0)
         np.testing.assert_allclose(curve["ci_lower"], km.confidence_interval_.iloc[:, 0], atol=1e-10, rtol=0)
     men, women = data[data.sex == 1], data[data.sex == 2]
-    assert abs(results["lr"]["statistic"] - logrank_test(men.time, women.time, men.status, women.status).test_statistic) < 1e-10
+    assert (
+        abs(results["lr"]["statistic"] - logrank_test(men.time, women.time, men.status, women.status).test_statistic)
+        < 1e-10
+    )
     x = data[["age", "sex", "ph.ecog"]]
     cox = PHReg(data.time, x, status=data.status, ties="efron").fit(tol=1e-12)
     _close(results["cox"]["params"], x.columns, cox.params, cox.bse)

@@ -42,7 +42,9 @@ def _main(grid: Grid, context: Context) -> None:
         protocol = parse(str(config["protocol"]), source=str(config["protocol_name"]))
         sites = int(config["sites"]) or _connected(grid)
         if config.get("check"):
-            status.write_text(json.dumps({"ok": True, "check": check_study(grid, protocol, sites, float(config["timeout"]))}))
+            status.write_text(
+                json.dumps({"ok": True, "check": check_study(grid, protocol, sites, float(config["timeout"]))})
+            )
             return
         run = run_study(grid, protocol, sites, _log, _log_training, float(config["timeout"]))
         document = results.build(protocol, run, engine="flower-deployment")
@@ -160,7 +162,9 @@ def check_remote(protocol_path: Path, superlink: str, root_cert: Path, sites: in
     return outcome["check"]
 
 
-def _submit(protocol_path: Path, superlink: str, root_cert: Path, config: dict[str, Any], quiet: bool) -> dict[str, Any]:
+def _submit(
+    protocol_path: Path, superlink: str, root_cert: Path, config: dict[str, Any], quiet: bool
+) -> dict[str, Any]:
     """Run the study app on the federation with `flwr run` and the given run config; its status document."""
     text = protocol_path.read_text(encoding="utf-8") if protocol_path.is_file() else ""
     protocol = parse(text, source=protocol_path.name) if text else None

@@ -243,7 +243,11 @@ def _total(replies: list[Reply], analysis_id: str, mode: str) -> Contribution:
     for key in sorted(keys):
         name = f"{analysis_id}/{key}"
         arrays = [r.contributions[analysis_id].get(key) for r in replies]
-        if any(a is None for a in arrays) or len({a.shape for a in arrays}) != 1 or any(name not in r.masked for r in replies):
+        if (
+            any(a is None for a in arrays)
+            or len({a.shape for a in arrays}) != 1
+            or any(name not in r.masked for r in replies)
+        ):
             raise AnalysisError(f"sites sent different shapes or encodings for '{key}'")
         total[key] = fixed_point.decode(fixed_point.total(arrays), integer=name in replies[0].integers)
     return total

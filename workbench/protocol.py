@@ -40,7 +40,9 @@ class StudySection(BaseModel):
     purpose: str = Field("", description="why the study is done (ethics review, GDPR Art. 35(7)(a))")
     research_questions: list[str] = Field(default_factory=list)
     principal_investigator: str = ""
-    lawful_basis: str = Field("", description="e.g. GDPR Art. 6(1)(e) and 9(2)(j): scientific research in the public interest")
+    lawful_basis: str = Field(
+        "", description="e.g. GDPR Art. 6(1)(e) and 9(2)(j): scientific research in the public interest"
+    )
     retention: str = Field("", description="how long results and logs are kept")
 
 

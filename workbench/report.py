@@ -25,7 +25,10 @@ def render(results: dict[str, Any]) -> str:
         parts.append(
             f"== {analysis_id} ({result['type']}, n = {result['n']}, dropped for missing values = {result['n_dropped']})"
         )
-        parts.append(_RENDERERS[result["type"]](result))
+        if result["type"] == "kaplan_meier":
+            parts.append(_kaplan_meier(result, results.get("secure_aggregation", {}).get("min_count", 1)))
+        else:
+            parts.append(_RENDERERS[result["type"]](result))
     for training_id, summary in results.get("training", {}).items():
         parts += ["", _training(training_id, summary)]
     return "\n".join(parts)
@@ -41,7 +44,9 @@ def render_check(study: Any, document: dict[str, Any]) -> tuple[str, bool]:
         if masked
         else "in the clear: each site applies its own minimum counts to its own reply"
     )
-    lines = [f"Dry run of study '{study.model.study.id}' (protocol {study.sha256[:12]}) at {len(sites)} site(s); {rule}"]
+    lines = [
+        f"Dry run of study '{study.model.study.id}' (protocol {study.sha256[:12]}) at {len(sites)} site(s); {rule}"
+    ]
     silent = {site: verdicts["*"] for site, verdicts in sites.items() if "*" in verdicts}
     lines += [f"  site {site} would answer nothing: {reason}" for site, reason in silent.items()]
     names = [*study.analyses, *study.trainings]
@@ -134,12 +139,21 @@ def _glm(result: dict[str, Any]) -> str:
     )
 
 
-def _kaplan_meier(result: dict[str, Any]) -> str:
+def _kaplan_meier(result: dict[str, Any], k: int) -> str:
+    """Per group: patients, events, median; counts below the study's minimum `k` shown as `<k`."""
     rows = {
-        group: {"n": curve["at_risk"][0], "events": sum(curve["events"]), "median": curve["median"]}
+        group: {
+            "n": _small(curve["at_risk"][0], k),
+            "events": _small(sum(curve["events"]), k),
+            "median": curve["median"],
+        }
         for group, curve in result["groups"].items()
     }
     return _table(rows)
+
+
+def _small(count: int, k: int) -> int | str:
+    return f"<{k}" if 0 < count < k else count
 
 
 def _logrank(result: dict[str, Any]) -> str:
@@ -170,7 +184,6 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "linear": _glm,
     "logistic": _glm,
     "poisson": _glm,
-    "kaplan_meier": _kaplan_meier,
     "logrank": _logrank,
     "cox": _cox,
 }
