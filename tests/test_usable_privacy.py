@@ -180,11 +180,15 @@ def test_a_value_the_protocol_does_not_declare_is_named_by_column_and_kept_in_th
 def test_totals_below_the_minimum_are_not_published(tmp_path):
     folders = _hospitals(tmp_path)
     rare = 'id = "rare"\ntype = "ttest"\nvariable = "age"\ngroup = "ph.ecog"\ngroups = [2, 3]'
-    results, _ = study(folders, protocol_text(rare, SUITE[0]))
+    km = f'id = "km_ecog"\ntype = "kaplan_meier"\n{SURV}\ngroup = "ph.ecog"'
+    lr = f'id = "lr_ecog"\ntype = "logrank"\n{SURV}\ngroup = "ph.ecog"'
+    results, _ = study(folders, protocol_text(rare, km, lr, SUITE[0]))
     assert results["rare"]["error"] == (
         "not published: values per compared group: a cross-site total between 1 and 4 "
         "(the sites' largest minimum count is 5)"
     )
+    for curve in ("km_ecog", "lr_ecog"):  # one patient with ECOG 3: no curve or test of a single patient
+        assert results[curve]["error"].startswith("not published: patients per group: a cross-site total between 1 and 4")
     assert "error" not in results["baseline"]
 
 

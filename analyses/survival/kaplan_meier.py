@@ -30,6 +30,7 @@ MANIFEST = (
     Item("counts", "removed", "(groups, time cells)", "events + censorings per group and time cell", Control.MINIMUM,
          per_time=True),
     Item("counts", "n_dropped", "(1,)", "rows left out for a missing value"),
+    Item("counts", "guard:group_sizes", "(groups,)", "patients per group", Control.GUARD),
 )  # fmt: skip
 
 
@@ -99,4 +100,5 @@ def local(spec: KaplanMeierSpec, frame: pd.DataFrame, query: Query) -> Contribut
     cell, cells = col.cell_codes(rows, spec.grouping(), query.params["levels"])
     time, event = spec.follow_up(rows)
     out = counts.local(time, event, cell, cells, query.params["cells"])
-    return {**out, "n_dropped": np.array([len(frame) - len(rows)])}
+    group_sizes = out["removed"].sum(axis=1)
+    return {**out, "n_dropped": np.array([len(frame) - len(rows)]), "guard:group_sizes": group_sizes}

@@ -155,10 +155,13 @@ def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
         time = np.unique(time, return_inverse=True)[1]
     length = int(time.max(initial=0)) + 1 if by_site else query.params["cells"]
     table = counts.local(time, event, cell, cells, length)
-    out: Contribution = {"n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}
+    out: Contribution = {
+        "n": np.array([len(rows)]),
+        "n_dropped": np.array([len(frame) - len(rows)]),
+        "guard:group_sizes": np.bincount(col.codes(rows, spec.group, levels[spec.group]), minlength=groups),
+    }
     if not by_site:
         return {**out, **table}
     shape = (-1, groups, length)
     observed, expected, variance = compare(table["events"].reshape(shape), table["removed"].reshape(shape), spec)
-    group_sizes = np.bincount(col.codes(rows, spec.group, levels[spec.group]), minlength=groups)
-    return {**out, "observed": observed, "expected": expected, "variance": variance, "guard:group_sizes": group_sizes}
+    return {**out, "observed": observed, "expected": expected, "variance": variance}
