@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
 `workbench ui` is started on a free localhost port; the test designs the lung protocol in the
-forms, creates and approves the demo hospitals, runs the study on the embedded simulation,
+forms (declaring the values of sex), creates and approves the demo hospitals, checks the study
+with a dry run (every site will compute), runs it on the embedded simulation,
 sees the Kaplan–Meier plot and the Cox table, and downloads the protocol. Screenshots of each
 page are saved in tests/artifacts/.
 """
@@ -148,6 +149,12 @@ def test_design_run_and_read_the_lung_study_in_a_browser(page, dashboard):
     _select(page, "group", "sex")
     page.get_by_role("button", name="Add analysis").click()
     page.get_by_text("km_sex · kaplan_meier").wait_for()
+    page.get_by_text("km_sex groups by 'sex': declare the values 'sex' may take").wait_for()
+    _select(page, "Declare the values of", "sex")
+    _type(page, "Values (comma-separated)", "1, 2")
+    page.get_by_role("button", name="Declare values").click()
+    page.get_by_role("button", name="Remove").first.wait_for()  # the declared column, listed with its values
+    _idle(page)
     _select(page, "Add an analysis", "cox")
     page.get_by_role("textbox", name="Analysis id", exact=True).fill("cox")
     _select(page, "duration", "time")
@@ -162,6 +169,7 @@ def test_design_run_and_read_the_lung_study_in_a_browser(page, dashboard):
     protocol = tomllib.loads(_download(page, "Download protocol.toml").read_text())
     assert [a["id"] for a in protocol["analysis"]] == ["km_sex", "cox"]
     assert protocol["analysis"][1]["covariates"] == ["age", "sex"]
+    assert protocol["variables"] == {"sex": {"levels": [1, 2]}}
     assert len(protocol["federation"]["sites"]) == 5
     _shot(page, "designer")
 
@@ -171,6 +179,10 @@ def test_design_run_and_read_the_lung_study_in_a_browser(page, dashboard):
     _shot(page, "sites-approved")
 
     _page(page, "Run")
+    page.get_by_role("button", name="Check (dry run)").click()
+    page.get_by_text("Dry run: every chosen site will compute every analysis and training.").wait_for(timeout=180_000)
+    page.get_by_text("will compute", exact=True).first.wait_for(state="attached")  # a cell of the verdicts table
+    _shot(page, "dry-run")
     page.get_by_role("button", name="Run on the embedded simulation").click()
     page.get_by_text("Finished: see Results.").wait_for(timeout=240_000)
     _shot(page, "run")
@@ -178,7 +190,7 @@ def test_design_run_and_read_the_lung_study_in_a_browser(page, dashboard):
     _page(page, "Results")
     page.get_by_role("heading", name="km_sex · kaplan_meier").wait_for()
     page.get_by_role("heading", name="cox · cox").wait_for()
-    assert page.locator('[data-testid="stImage"] img').count() >= 2  # the KM curves and the forest plot
+    page.locator('[data-testid="stImage"] img').nth(1).wait_for()  # the KM curves and the forest plot
     page.get_by_text("ties = efron").wait_for()
     assert page.locator('[data-testid="stDataFrame"]').count() >= 3
     _shot(page, "results")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -95,6 +96,15 @@ def filter_of(row: dict[str, Any]) -> dict[str, Any]:
     elif row["op"] not in ("missing", "not missing"):
         condition["value"] = _number(text)
     return condition
+
+
+def levels_of(text: str) -> list[float | str]:
+    """Declared values from comma-separated text: numbers if every one is a number (whole ones as int), else text."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    numbers = [_number(part) for part in parts]
+    if any(isinstance(number, str) or not math.isfinite(number) for number in numbers):
+        return list(parts)
+    return [int(number) if float(number).is_integer() else number for number in numbers]
 
 
 def value_text(value: Any) -> str:

@@ -43,6 +43,11 @@ def at_risk(curve: dict[str, Any], times: np.ndarray) -> list[int]:
     return [int(left[timeline <= t][-1]) if np.any(timeline <= t) else int(risk[0]) for t in times]
 
 
+def shown(n: int, floor: int) -> str:
+    """A number at risk as published: below `floor` (the minimum count) as "<floor"."""
+    return f"<{floor}" if 0 < n < floor else str(n)
+
+
 def kaplan_meier(result: dict[str, Any], hide_below: int = 0) -> Figure:
     """Survival curves with 95 % confidence bands and a number-at-risk table under them."""
     times = at_risk_times(result)
@@ -60,8 +65,7 @@ def kaplan_meier(result: dict[str, Any], hide_below: int = 0) -> Figure:
     table.set_ylim(-0.5, len(result["groups"]) - 0.5)
     for row, (label, curve) in enumerate(result["groups"].items()):
         for t, n in zip(times, at_risk(curve, times), strict=True):
-            shown = f"<{hide_below}" if 0 < n < hide_below else str(n)
-            table.text(t, len(result["groups"]) - 1 - row, shown, ha="center", va="center", fontsize=8)
+            table.text(t, len(result["groups"]) - 1 - row, shown(n, hide_below), ha="center", va="center", fontsize=8)
     table.set_yticks(range(len(result["groups"])), labels=list(reversed([str(k) for k in result["groups"]])))
     table.set_title("number at risk", fontsize=8, loc="left")
     table.set_xlabel("time" + (f" ({result['time_grid']} grid)" if result.get("time_grid") else ""))

@@ -21,15 +21,32 @@ def table(frame: pd.DataFrame, name: str, index: bool = True) -> None:
 
 
 def count(value: Any, role: Role) -> Any:
-    """A count as a viewer may see it: hidden below the minimum, ranges shown as below the minimum."""
+    """A count as a viewer may see it: below the minimum as "<k"; a range ("62-65") as it is unless it reaches below."""
     if not role.viewer:
         return value
-    if isinstance(value, str) or (isinstance(value, int | float) and 0 < value < role.min_count):
+    lower, upper = _bounds(value)
+    if 0 < upper < role.min_count:
         return f"<{role.min_count}"
-    return value
+    return f"≤{upper}" if lower < role.min_count <= upper else value
 
 
-def analysis(analysis_id: str, result: dict[str, Any], role: Role) -> None:
+def _bounds(value: Any) -> tuple[int, int]:
+    """A count's lower and upper bound: a number is both; a published range "a-b" is a and b."""
+    if isinstance(value, str):
+        lower, _, upper = value.partition("-")
+        return int(lower), int(upper or lower)
+    return int(value), int(value)
+
+
+def _percent(value: Any, n: int) -> str:
+    """A count as a share of `n`, a range as a range of shares."""
+    lower, upper = _bounds(value)
+    return f"{100 * lower / n:.1f}" + (f"–{100 * upper / n:.1f}" if upper != lower else "") if n else ""
+
+
+def analysis(analysis_id: str, result: dict[str, Any], role: Role, published_min: int) -> None:
+    """One analysis' tables and figures; `published_min` is the study's minimum count on published totals
+    (number-at-risk tables show counts below it as "<k", for every role)."""
     st.subheader(f"{analysis_id} · {result.get('type', '')}")
     if "error" in result:
         reason = result["error"] if not role.viewer else "not available (the analysis could not be completed)"
@@ -37,7 +54,10 @@ def analysis(analysis_id: str, result: dict[str, Any], role: Role) -> None:
         return
     if not role.viewer:
         st.caption(f"n = {result['n']}, dropped for missing values = {result['n_dropped']}")
-    RENDERERS[result["type"]](analysis_id, result, role)
+    if result["type"] == "kaplan_meier":
+        _kaplan_meier(analysis_id, result, role, max(published_min, role.min_count if role.viewer else 0))
+    else:
+        RENDERERS[result["type"]](analysis_id, result, role)
 
 
 def _describe(name: str, result: dict[str, Any], role: Role) -> None:
@@ -52,15 +72,14 @@ def _describe(name: str, result: dict[str, Any], role: Role) -> None:
         table(pd.DataFrame(rows), f"{name}-numeric", index=False)
     for variable, summary in result["variables"].items():
         if summary["kind"] != "numeric":
-            exact = {k: v for k, v in summary["counts"].items() if isinstance(v, int)}
-            total = sum(exact.values()) or 1
             frame = pd.DataFrame(
-                [{"level": level, "count": count(value, role),
-                  "%": round(100 * value / total, 1) if isinstance(value, int) and not (role.viewer and value < role.min_count) else None}
+                [{"level": level, "count": str(count(value, role)), "%": _percent(value, summary["n"])}
                  for level, value in summary["counts"].items()]
             )  # fmt: skip
             if role.viewer:
                 frame = frame.drop(columns="count")
+                hidden = [str(count(value, role)).startswith(("<", "≤")) for value in summary["counts"].values()]
+                frame.loc[hidden, "%"] = "—"
             st.markdown(f"**{variable}**")
             table(frame, f"{name}-{variable}", index=False)
 
@@ -68,8 +87,8 @@ def _describe(name: str, result: dict[str, Any], role: Role) -> None:
 def _crosstab(name: str, result: dict[str, Any], role: Role) -> None:
     frame = pd.DataFrame(result["table"], index=result["row_levels"], columns=result["column_levels"])
     frame.index.name, frame.columns.name = result["row"], result["column"]
-    if role.viewer:
-        frame = frame.map(lambda v: count(v, role))
+    if role.viewer or frame.map(lambda v: isinstance(v, str)).any().any():  # ranges: one text type for the table
+        frame = frame.map(lambda v: str(count(v, role)))
     table(frame, name)
     if "chi2" in result:
         chi2 = result["chi2"]
@@ -98,8 +117,9 @@ def _regression(name: str, result: dict[str, Any], role: Role) -> None:
     st.caption(", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in facts.items()))
 
 
-def _kaplan_meier(name: str, result: dict[str, Any], role: Role) -> None:
-    plots.show(plots.kaplan_meier(result, hide_below=role.min_count if role.viewer else 0), name)
+def _kaplan_meier(name: str, result: dict[str, Any], role: Role, floor: int) -> None:
+    """Curves and a summary; researchers also get the number-at-risk table (counts below `floor` as "<floor")."""
+    plots.show(plots.kaplan_meier(result, hide_below=floor), name)
     rows = []
     for group, curve in result["groups"].items():
         rows.append({"group": group, "n": count(curve["at_risk"][0], role), "events": count(sum(curve["events"]), role),
@@ -107,8 +127,11 @@ def _kaplan_meier(name: str, result: dict[str, Any], role: Role) -> None:
     table(pd.DataFrame(rows), f"{name}-summary", index=False)
     if not role.viewer:
         times = plots.at_risk_times(result)
-        risk = pd.DataFrame({group: plots.at_risk(curve, times) for group, curve in result["groups"].items()},
-                            index=[f"{t:g}" for t in times]).T  # fmt: skip
+        risk = pd.DataFrame(
+            {group: [plots.shown(n, floor) for n in plots.at_risk(curve, times)]
+             for group, curve in result["groups"].items()},
+            index=[f"{t:g}" for t in times],
+        ).T  # fmt: skip
         risk.index.name = "number at risk / time"
         table(risk, f"{name}-at-risk")
 
@@ -154,7 +177,6 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {
     "linear": _regression,
     "logistic": _regression,
     "poisson": _regression,
-    "kaplan_meier": _kaplan_meier,
     "logrank": _logrank,
     "cox": _cox,
 }

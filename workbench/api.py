@@ -16,8 +16,11 @@ workspace/
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +28,14 @@ from typing import Any
 
 import pandas as pd
 import tomli_w
+from pydantic import TypeAdapter, ValidationError
 
 from analyses import registry
-from analyses.disclosure import Control
+from analyses.disclosure import rule
 from hospital_node import approvals, steward
 from hospital_node.audit import AuditLog
 from hospital_node.gate import identity_line
+from hospital_node.policy import Policy
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site, SiteError, open_site
 from hospital_node.usage import by_study
@@ -38,18 +43,18 @@ from workbench import demo
 from workbench.errors import UserError
 from workbench.protocol import Protocol, ProtocolError, parse
 
-RULES = {
-    Control.NONE: "sent",
-    Control.RANGE: "sent; small counts as a range",
-    Control.MINIMUM: "sent if every count is 0 or ≥ the minimum",
-    Control.GUARD: "checked, never sent",
-    Control.SATURATION: "checked (rows per parameter), never sent",
-}
+SPECS: TypeAdapter[Any] = TypeAdapter(registry.AnySpec)
+DEFAULT_LIMITS = Policy().limits
+"""The disclosure limits of a site with the default policy."""
+CHECK_TIMEOUT_S = 600.0
+"""How long a dry run may take before it is stopped (its simulated sites with it)."""
+WILL_COMPUTE = "will compute"
+"""A dry run's verdict where a site would compute an analysis."""
 
 
 def protocol_text(draft: dict[str, Any]) -> str:
     """The draft (a protocol as nested dicts) as TOML, sections in the protocol's order."""
-    order = ["study", "cohort", "privacy", "federation", "analysis", "training"]
+    order = ["study", "cohort", "variables", "privacy", "federation", "analysis", "training"]
     ordered = {key: draft[key] for key in order if draft.get(key) not in (None, [], {})}
     return tomli_w.dumps(_without_empty(ordered))
 
@@ -70,17 +75,38 @@ def check(text: str) -> tuple[Protocol | None, str]:
         return None, str(error).removeprefix("draft: ")
 
 
+def undeclared(draft: dict[str, Any]) -> dict[str, list[str]]:
+    """Columns the draft's analyses group by without declaring their values in `[variables]` (column → analyses)."""
+    declared = draft.get("variables") or {}
+    found: dict[str, list[str]] = {}
+    for block in draft.get("analysis", []):
+        try:
+            spec = SPECS.validate_python(block)
+        except ValidationError:
+            continue
+        for name in spec.grouping():
+            if name not in declared:
+                found.setdefault(name, []).append(spec.id)
+    return found
+
+
 def disclosure(protocol: Protocol) -> dict[str, pd.DataFrame]:
-    """Per analysis, every array a site may send or check, with its rule."""
-    tables = {}
+    """Per analysis, every array a site may send or check, with the rule applied to it in this study's mode
+    (masked or in the clear) under the default site policy; each site's review shows its own policy's rules."""
+    tables, mode = {}, masked(protocol)
     for analysis_id, spec in protocol.analyses.items():
         rows = [
             {"round": item.phase, "name": item.key, "shape": item.shape, "meaning": item.meaning,
-             "rule": RULES[item.control] + (" (per time cell)" if item.per_time else "")}
+             "rule": rule(item, DEFAULT_LIMITS, mode) + (" (per time cell)" if item.per_time else "")}
             for item in registry.manifest(spec)
         ]  # fmt: skip
         tables[analysis_id] = pd.DataFrame(rows)
     return tables
+
+
+def masked(protocol: Protocol) -> bool:
+    """Whether the study's rounds will be masked (secure aggregation on, among at least 3 pinned sites)."""
+    return steward.masked_study(protocol)
 
 
 def site_folders(workspace: Path) -> list[Path]:
@@ -165,6 +191,49 @@ def start_run(workspace: Path, protocol: Protocol, folders: list[Path]) -> Path:
         subprocess.Popen([sys.executable, "-m", "workbench.job", str(run)], stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)  # fmt: skip
     return run
+
+
+def dry_run(protocol: Protocol, folders: list[Path]) -> dict[str, Any]:
+    """`workbench check --json` at these site folders, in a separate process (the Flower simulation stays out of
+    the dashboard): the mode, per site per analysis "" (would compute) or why it would refuse ("*": the site
+    would answer nothing), and the limits. Nothing is released; each site logs the check in its audit log.
+
+    Raises UserError with the CLI's message when the check cannot run.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "protocol.toml"
+        path.write_text(protocol.text, encoding="utf-8")
+        sites = [a for f in folders for a in ("--site", str(f))]
+        command = [sys.executable, "-m", "workbench.cli", "check", str(path), *sites, "--json"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as process:  # fmt: skip
+            try:
+                stdout, stderr = process.communicate(timeout=CHECK_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the simulation's workers too
+                process.communicate()
+                raise UserError(f"the dry run did not finish within {CHECK_TIMEOUT_S:g} s") from None
+    if process.returncode in (0, 1):
+        try:
+            return json.loads(stdout)
+        except json.JSONDecodeError:
+            pass  # a crash (exit code 1 with a traceback): report its last line below
+    lines = stderr.strip().splitlines()
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    raise UserError(errors[-1] if errors else lines[-1] if lines else f"the check failed (exit {process.returncode})")
+
+
+def verdicts(protocol: Protocol, document: dict[str, Any]) -> pd.DataFrame:
+    """A dry run as a table: one row per analysis and training, one column per site, each cell
+    "will compute" or the reason the site would refuse (for a site that would answer nothing, its reason)."""
+    names = [*protocol.analyses, *protocol.trainings]
+    columns = {site: [_verdict(answers, name) for name in names] for site, answers in document["sites"].items()}
+    return pd.DataFrame(columns, index=pd.Index(names, name="analysis"))
+
+
+def _verdict(answers: dict[str, str], name: str) -> str:
+    reason = answers.get("*", answers.get(name, "the site did not answer for it"))
+    return reason or WILL_COMPUTE
 
 
 def ethics_folder(workspace: Path, run: Path | None) -> Path:

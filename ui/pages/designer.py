@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 from pydantic import TypeAdapter, ValidationError
@@ -10,7 +12,13 @@ from analyses.registry import TYPES, AnySpec
 from ui import forms, state
 from workbench import api
 from workbench.errors import UserError
+from workbench.protocol import CohortSection, VariableSection
 from workbench.training_spec import TrainingPrivacy, TrainingSpec
+
+MISSING = {
+    "complete_cases": "complete cases: one population for every analysis",
+    "per_analysis": "per analysis: each drops only its own incomplete rows",
+}
 
 st.title("Study designer")
 draft = state.draft()
@@ -33,6 +41,9 @@ study["title"] = right.text_input("Title", study.get("title", ""))
 study["description"] = st.text_area("Purpose / description", study.get("description", ""))
 cohort = draft.setdefault("cohort", {})
 cohort["table"] = left.text_input("Cohort table", cohort.get("table", "patients"))
+missing = list(MISSING).index(cohort["missing"]) if cohort.get("missing") in MISSING else 0
+cohort["missing"] = left.selectbox("Missing values", list(MISSING), index=missing, format_func=MISSING.__getitem__,
+                                   help=CohortSection.model_fields["missing"].description)  # fmt: skip
 privacy = draft.setdefault("privacy", {})
 privacy["secure_aggregation"] = right.checkbox(
     "Secure aggregation (the coordinator sees only sums over ≥ 3 sites)", privacy.get("secure_aggregation", True)
@@ -66,6 +77,11 @@ filters = st.data_editor(
 cohort["filters"] = [forms.filter_of(row) for row in filters.to_dict("records") if row.get("column") and row.get("op")]
 
 
+def _levels(section: Any) -> Any:
+    """The declared values of a `[variables]` entry (None for one that is not a table: the schema says why)."""
+    return section.get("levels") if isinstance(section, dict) else None
+
+
 def _listed(draft: dict, section: str, kind: str) -> None:
     """The draft's blocks of one section, each in an expander with a Remove button."""
     for number, block in enumerate(list(draft[section])):
@@ -91,6 +107,39 @@ with st.form("new-analysis", clear_on_submit=False):
             st.rerun()
         except ValidationError as error:
             st.error("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors()))
+
+st.header("Declared values")
+st.caption("The values each grouping column may take (groups, strata, crosstab rows and columns, t-test groups), and "
+           "those of every text column an analysis reads: no site sends its own list of values, and a site refuses a "
+           "value the protocol does not declare.")  # fmt: skip
+variables = draft.setdefault("variables", {})
+undeclared = api.undeclared(draft)
+for name, ids in undeclared.items():
+    st.warning(f"{', '.join(ids)} {'groups' if len(ids) == 1 else 'group'} by '{name}': declare the values "
+               f"'{name}' may take (e.g. 1, 2, or text such as female, male)")  # fmt: skip
+for name, section in list(variables.items()):
+    shown, remove = st.columns([6, 1], vertical_alignment="center")
+    shown.markdown(f"`{name}`: {forms.value_text(_levels(section))}")
+    if remove.button("Remove", key=f"remove-variable-{name}"):
+        del variables[name]
+        state.save(draft)
+        st.rerun()
+which, values, declare = st.columns([2, 3, 1], vertical_alignment="bottom")
+column = which.selectbox("Declare the values of", list(dict.fromkeys([*undeclared, *columns])), key="variable-column")
+text = values.text_input(
+    "Values (comma-separated)", forms.value_text(_levels(variables.get(column))), key=f"levels-{column}",
+    help="numbers if every value is a number, else text",
+)  # fmt: skip
+if declare.button("Declare values", disabled=column is None):
+    levels = forms.levels_of(text)  # kept as typed: whole numbers stay 1, 2 in the TOML
+    try:
+        VariableSection.model_validate({"levels": levels})
+    except ValidationError as error:
+        st.error(f"{column}: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors()))
+    else:
+        variables[column] = {"levels": levels}
+        state.save(draft)
+        st.rerun()
 
 st.header("Model training (differential privacy)")
 _listed(draft, "training", "task")
@@ -122,6 +171,10 @@ st.download_button(
 st.code(text, language="toml")
 if protocol is not None:
     st.header("What leaves each site")
+    st.caption(("Secure aggregation: each reply is masked; the rules apply to the published cross-site totals. "
+                if api.masked(protocol) else "In the clear: each site applies the rules to its own reply. ")
+               + f"Shown for the default site policy (minimum count {api.DEFAULT_LIMITS.min_count}); each site's "
+               "own review is on the Sites page.")  # fmt: skip
     for analysis_id, manifest in api.disclosure(protocol).items():
         with st.expander(f"{analysis_id}: per round, what a site sends or checks"):
             st.dataframe(manifest, width="stretch", hide_index=True)

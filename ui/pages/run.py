@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 import streamlit as st
 
-from ui import state
+from ui import dry_run, state
 from workbench import api
+from workbench.errors import UserError
 
 st.title("Run")
 workspace = state.workspace()
@@ -25,8 +27,26 @@ chosen = st.multiselect("Sites", [f.name for f in folders], default=[n for n, s 
 unapproved = [name for name in chosen if not status[name]["approved"]]
 if unapproved:
     st.warning(f"Not approved at {', '.join(unapproved)}: they will refuse (approve on the Sites page).")
-if st.button("Run on the embedded simulation", type="primary", disabled=not chosen):
-    st.session_state.run = str(api.start_run(workspace, protocol, [f for f in folders if f.name in chosen]))
+sites = [f for f in folders if f.name in chosen]
+check, start = st.columns([1, 4])
+if check.button("Check (dry run)", disabled=not chosen, help="asks each site whether it would compute every "
+                "analysis and training; nothing is released, each site logs the check"):  # fmt: skip
+    checked = {"sha256": protocol.sha256, "sites": chosen, "at": datetime.now().strftime("%H:%M:%S")}
+    with st.spinner("Asking each chosen site whether it would compute every analysis (nothing is released)…"):
+        try:
+            checked["document"] = api.dry_run(protocol, sites)
+        except UserError as error:
+            checked["error"] = str(error)
+    st.session_state.checked = checked
+if start.button("Run on the embedded simulation", type="primary", disabled=not chosen):
+    st.session_state.run = str(api.start_run(workspace, protocol, sites))
+checked = st.session_state.get("checked")
+if checked and checked["sha256"] == protocol.sha256 and checked["sites"] == chosen:  # else it is out of date
+    st.caption(f"Dry run at {checked['at']} (approvals since then are not reflected: check again)")
+    if "error" in checked:
+        st.error(f"The dry run could not run: {checked['error']}")
+    else:
+        dry_run.show(protocol, checked["document"])
 
 runs = api.runs(workspace)
 current = st.session_state.get("run") or (str(runs[0]) if runs else None)
