@@ -114,7 +114,9 @@ def publish(total: Contribution, manifest: tuple[Item, ...], phase: str, limits:
     for key, value in total.items():
         if key.endswith(UPPER):
             continue
-        item = next(i for i in manifest if i.matches(phase, key))
+        item = next((i for i in manifest if i.matches(phase, key)), None)
+        if item is None:
+            raise AnalysisError(f"sites sent '{key}', which is not in the analysis' disclosure manifest")
         if item.control == Control.SATURATION:
             value = np.array([value[0], value[1] // max(sites, 1)])  # every site sent the same parameter count
         if not item.per_time:
