@@ -98,7 +98,7 @@ def baseline(revision: str, sites: list[int]) -> None:
         try:
             print(f"# baseline: revision {revision}, its own bench/scaling.py", flush=True)
             subprocess.run([sys.executable, str(tree / "bench" / "scaling.py"), "--sites", *map(str, sites)],
-                           check=True, env={**os.environ, "PYTHONPATH": str(tree)})  # fmt: skip
+                           check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})  # fmt: skip
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
 
