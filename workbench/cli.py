@@ -38,16 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run a study: on the embedded simulation (--site) or a deployment (--superlink)"
     )
-    run.add_argument("protocol", type=Path, help="protocol TOML file")
-    where = run.add_mutually_exclusive_group(required=True)
-    where.add_argument("--site", dest="sites", action="append", type=Path, metavar="DIR",
-                       help="a hospital's site folder, simulated here (repeat for each site)")  # fmt: skip
-    where.add_argument("--superlink", metavar="HOST:PORT", help="the deployed federation's SuperLink")
-    run.add_argument("--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate")
-    run.add_argument(
-        "--nodes", type=int, default=0, help="with --superlink: wait for this many nodes (default: all connected)"
-    )
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a round's replies")
+    _federation_arguments(run)
     run.add_argument("--out", type=Path, required=True, help="folder for results.json")
     run.add_argument("--quiet", action="store_true", help="no progress or result tables")
     run.set_defaults(command=_run)
@@ -55,14 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="dry run: would every site compute every analysis? (releases nothing; each site logs the check)"
     )
-    check.add_argument("protocol", type=Path, help="protocol TOML file")
-    check_where = check.add_mutually_exclusive_group(required=True)
-    check_where.add_argument("--site", dest="sites", action="append", type=Path, metavar="DIR",
-                             help="a hospital's site folder, simulated here (repeat for each site)")  # fmt: skip
-    check_where.add_argument("--superlink", metavar="HOST:PORT", help="the deployed federation's SuperLink")
-    check.add_argument("--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate")
-    check.add_argument("--nodes", type=int, default=0, help="with --superlink: wait for this many nodes")
-    check.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the sites' answers")
+    _federation_arguments(check)
     check.add_argument("--json", action="store_true", help="print the verdicts as JSON (site → analysis → reason)")
     check.set_defaults(command=_check)
 
@@ -148,6 +132,22 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--by", default=getpass.getuser(), help="who acts (recorded in the audit log)")
         command.set_defaults(command=handler)
     return parser
+
+
+def _federation_arguments(command: argparse.ArgumentParser) -> None:
+    """A protocol and where its sites are: local site folders (simulated) or a deployed federation."""
+    command.add_argument("protocol", type=Path, help="protocol TOML file")
+    where = command.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", dest="sites", action="append", type=Path, metavar="DIR",
+                       help="a hospital's site folder, simulated here (repeat for each site)")  # fmt: skip
+    where.add_argument("--superlink", metavar="HOST:PORT", help="the deployed federation's SuperLink")
+    command.add_argument(
+        "--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate"
+    )
+    command.add_argument(
+        "--nodes", type=int, default=0, help="with --superlink: wait for this many nodes (default: all connected)"
+    )
+    command.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a round's replies")
 
 
 def _run(args: argparse.Namespace) -> int:
