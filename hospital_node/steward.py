@@ -55,7 +55,7 @@ def masked_study(protocol: Protocol) -> bool:
 def _population(protocol: Protocol) -> str:
     if protocol.model.cohort.missing == "per_analysis":
         return 'Missing values: each analysis drops only its own incomplete rows ([cohort] missing = "per_analysis")'
-    columns = list(dict.fromkeys(name for spec in protocol.analyses.values() for name in spec.columns()))
+    columns = protocol.study_columns
     return (f"Missing values: one population for every analysis: the cohort rows with a value in {', '.join(columns)} "
             "(so the study's analyses never difference each other)")  # fmt: skip
 

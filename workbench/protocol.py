@@ -212,11 +212,14 @@ class Protocol:
         """The values each column may take, as `[variables]` declares them."""
         return {name: list(section.levels) for name, section in self.model.variables.items()}
 
+    @property
+    def study_columns(self) -> list[str]:
+        """Every column the protocol's analyses read (a row needs all of them for the study's one population)."""
+        return list(dict.fromkeys(name for spec in self.analyses.values() for name in spec.columns()))
+
     def population(self, spec: Spec) -> list[str]:
         """Columns a cohort row needs a value in to be used by `spec` (see `[cohort] missing`)."""
-        if self.model.cohort.missing == "per_analysis":
-            return spec.drops()
-        return list(dict.fromkeys(name for other in self.analyses.values() for name in other.columns()))
+        return spec.drops() if self.model.cohort.missing == "per_analysis" else self.study_columns
 
     def variables(self, spec: Spec) -> list[str]:
         """Columns an analysis reads, its cohort filters' columns included."""
