@@ -10,10 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Spec
@@ -65,11 +63,11 @@ def plan(spec: CrosstabSpec, declared: discovery.Declared) -> Plan:
         result["tests"] = "not computed: small cells are published as ranges (minimum cell count)"
         return result
     table = lower
-    chi2 = stats.chi2_contingency(table, correction=spec.correction)
+    chi2 = distributions.chi2_contingency(table, spec.correction)
     result["expected"] = chi2.expected_freq.tolist()
     result["chi2"] = {"statistic": float(chi2.statistic), "df": int(chi2.dof), "p": float(chi2.pvalue)}
     if table.shape == (2, 2):
-        fisher = stats.fisher_exact(table)
+        fisher = distributions.fisher_exact(table)
         result["fisher"] = {"odds_ratio": float(fisher.statistic), "p": float(fisher.pvalue)}
     return result
 

@@ -14,10 +14,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import model_validator
-from scipy import special, stats
 
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, DataError, Plan, Query
 from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item
 from analyses.newton import maximize
@@ -96,21 +95,22 @@ def _result(
     n, p = int(totals["n"][0]), len(names)
     deviance = float(totals["deviance"][0])
     df_resid = n - p
-    if spec.type == "linear":
+    if spec.type == "linear":  # t with the residual degrees of freedom, as statsmodels does
         scale = deviance / df_resid
         log_likelihood = -n / 2 * (np.log(2 * np.pi * deviance / n) + 1)
-        reference: Any = stats.t(df_resid)
+        ppf, sf = (lambda q: distributions.t_ppf(q, df_resid)), (lambda x: distributions.t_sf(x, df_resid))
     else:
-        scale, log_likelihood, reference = 1.0, float(totals["log_likelihood"][0]), stats.norm()
+        scale, log_likelihood = 1.0, float(totals["log_likelihood"][0])
+        ppf, sf = distributions.norm_ppf, distributions.norm_sf
     se = np.sqrt(np.diag(np.linalg.inv(totals["information"])) * scale)
     z = beta / se
-    q = reference.ppf(1 - spec.alpha / 2)
+    q = ppf(1 - spec.alpha / 2)
     params = {
         name: {
             "coef": float(b),
             "se": float(s),
             "z": float(t),
-            "p": float(2 * reference.sf(abs(t))),
+            "p": float(2 * sf(abs(t))),
             "ci_lower": float(b - q * s),
             "ci_upper": float(b + q * s),
         }
@@ -174,6 +174,8 @@ def _outcome(spec: GlmSpec, rows: pd.DataFrame) -> np.ndarray:
 
 def _family(family: str, y: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Mean, IRLS weight, deviance and log-likelihood (0 for gaussian: it needs the global scale)."""
+    from scipy import special  # at the node, for GLM rounds only
+
     if family == "linear":
         return eta, np.ones_like(eta), float(np.sum((y - eta) ** 2)), 0.0
     if family == "logistic":

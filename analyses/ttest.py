@@ -10,10 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from scipy import stats
-
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
@@ -97,11 +95,11 @@ def _welch(var: np.ndarray, n: np.ndarray) -> tuple[float, float]:
 
 def _test(diff: float, se: float, df: float, alpha: float) -> dict[str, Any]:
     t = diff / se
-    q = stats.t.ppf(1 - alpha / 2, df)
+    q = distributions.t_ppf(1 - alpha / 2, df)
     return {
         "statistic": float(t),
         "df": df,
-        "p": float(2 * stats.t.sf(abs(t), df)),
+        "p": float(2 * distributions.t_sf(abs(t), df)),
         "ci_lower": diff - q * se,
         "ci_upper": diff + q * se,
     }

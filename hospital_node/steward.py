@@ -13,10 +13,9 @@ from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
-from workbench import models
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
-from workbench.training_spec import TrainingSpec
+from workbench.training_spec import TrainingSpec, parameter_count
 
 
 def preview(site: Site, protocol: Protocol) -> str:
@@ -70,7 +69,7 @@ def _declared(protocol: Protocol) -> list[str]:
 
 
 def _training(site: Site, spec: TrainingSpec) -> list[str]:
-    weights = sum(p.numel() for p in models.build(spec.architecture, len(spec.features)).parameters())
+    weights = parameter_count(spec.architecture, len(spec.features))
     reads = (f"the DICOM files in '{spec.images}' (pixel data and geometry only) labelled by '{spec.labels}'"
              if spec.task == "image_classification" else f"columns {', '.join(spec.columns())}")  # fmt: skip
     privacy = spec.privacy

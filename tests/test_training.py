@@ -26,7 +26,7 @@ from hospital_node.training import LocalData, noise_multiplier, train_round
 from tests.conftest import make_site, roster
 from workbench import models, synthetic_imaging
 from workbench.protocol import parse
-from workbench.training_spec import TrainingSpec
+from workbench.training_spec import TrainingSpec, parameter_count
 
 REAL_FILES = {
     "CT_small.dcm": None, "MR_small.dcm": None, "MR_small_RLE.dcm": None, "MR_small_bigendian.dcm": None,
@@ -99,6 +99,13 @@ def test_updates_have_the_models_own_names_and_shapes(architecture):
     state, history, loss = train_round(model, LocalData(x, y, x, y), spec, sigma, proximal_mu=0.1)
     assert {name: value.shape for name, value in state.items()} == reference  # no "_module." prefixes
     assert history == [(sigma, rate, steps)] and np.isfinite(loss)
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "densenet_small", "densenet121", "logistic", "mlp"])
+def test_the_torch_free_parameter_count_matches_the_built_model(architecture):
+    features = 5 if architecture in ("logistic", "mlp") else 0
+    built = sum(p.numel() for p in models.build(architecture, features).parameters())
+    assert parameter_count(architecture, features) == built
 
 
 def _image_site(folder: Path, name: str, patients: int, policy: str) -> Path:

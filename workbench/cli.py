@@ -10,9 +10,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from analyses.contract import Query
-from workbench import demo, nodes, protocol, report, results
+from typing import TYPE_CHECKING
+
+from workbench import nodes, protocol
 from workbench.errors import UserError
+
+if TYPE_CHECKING:
+    from analyses.contract import Query
+
+# Commands import what they need when they run: validate and the steward's `node` commands stay light
+# (no Flower, torch, scipy or lifelines on their path).
 
 EXIT_FAILED_ANALYSES = 1
 EXIT_USER_ERROR = 2
@@ -176,6 +183,8 @@ def _check(args: argparse.Namespace) -> int:
 
         study = protocol.load(args.protocol)
         document = simulate(study, args.sites, check=True)
+    from workbench import report
+
     text, ok = report.render_check(study, document)
     print(json.dumps(document, indent=1) if args.json else text)
     return 0 if ok else EXIT_FAILED_ANALYSES
@@ -227,6 +236,8 @@ def _node_start(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from workbench import demo
+
     out: Path = args.out
     sites = demo.build_sites(out / "sites")
     protocol_path = out / "protocol.toml"
@@ -265,12 +276,16 @@ def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: 
 
     started = time.perf_counter()
     run = simulate(study, sites, None if quiet else _progress(started), None if quiet else _training_progress(started))
+    from workbench import results
+
     document = results.build(study, run, engine="flower-simulation")
     return _report(document, results.write(document, out, run), quiet)
 
 
 def _report(document: dict, path: Path, quiet: bool) -> int:
     """Print the result tables; exit code 1 if some analysis or training failed."""
+    from workbench import report, results
+
     if not quiet:
         print(report.render(document))
         print(f"\nresults: {path}", file=sys.stderr)

@@ -10,6 +10,18 @@ from analyses.disclosure import Control, Item
 
 IMAGE_MODELS = ("cnn", "densenet_small", "densenet121")
 TABLE_MODELS = ("logistic", "mlp")
+IMAGE_PARAMETERS = {"cnn": 1386, "densenet_small": 13586, "densenet121": 6949634}
+"""Trainable parameters of each image model (`workbench.models` builds them; a test checks these counts), so a
+steward's review can state what a round sends without importing torch."""
+
+
+def parameter_count(architecture: str, features: int) -> int:
+    """Trainable parameters of `architecture` (what a site sends per round), without building it."""
+    if architecture == "logistic":
+        return (features + 1) * 2
+    if architecture == "mlp":
+        return (features + 1) * 32 + (32 + 1) * 2
+    return IMAGE_PARAMETERS[architecture]
 
 
 class TrainingPrivacy(BaseModel):

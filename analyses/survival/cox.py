@@ -16,10 +16,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from scipy import stats
-
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item, time_guard
 from analyses.newton import maximize
@@ -110,7 +108,7 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
     beta = fit.beta / sd
     se = np.sqrt(np.diag(np.linalg.inv(-fit.hessian))) / sd
     z = beta / se
-    q = stats.norm.ppf(1 - spec.alpha / 2)
+    q = distributions.norm_ppf(1 - spec.alpha / 2)
     lr = 2 * (fit.objective - fit.initial_objective)
     return {
         "type": "cox",
@@ -128,7 +126,7 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
                 "exp_coef": float(np.exp(b)),
                 "se": float(s),
                 "z": float(t),
-                "p": float(2 * stats.norm.sf(abs(t))),
+                "p": float(2 * distributions.norm_sf(abs(t))),
                 "ci_lower": float(b - q * s),
                 "ci_upper": float(b + q * s),
             }
@@ -136,7 +134,7 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
         },
         "log_likelihood": fit.objective,
         "log_likelihood_null": fit.initial_objective,
-        "likelihood_ratio_test": {"statistic": lr, "df": len(names), "p": float(stats.chi2.sf(lr, len(names)))},
+        "likelihood_ratio_test": {"statistic": lr, "df": len(names), "p": distributions.chi2_sf(lr, len(names))},
         "newton_steps": fit.evaluations,
     }
 

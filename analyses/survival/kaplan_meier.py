@@ -10,10 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
@@ -79,7 +77,7 @@ def curve(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: flo
         survival = np.exp(np.cumsum(np.log(n - d) - np.log(n)))
         greenwood = np.cumsum(np.where(n == d, 0.0, d / (n * (n - d))))
         v = np.log(survival)
-        z = stats.norm.ppf(1 - alpha / 2)
+        z = distributions.norm_ppf(1 - alpha / 2)
         lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(greenwood) / v))
         upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(greenwood) / v))
     below = np.flatnonzero(survival <= 0.5)

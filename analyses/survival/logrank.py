@@ -14,10 +14,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
-from scipy import stats
-
 from analyses import columns as col
-from analyses import discovery
+from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Spec
@@ -101,7 +99,7 @@ def plan(spec: LogrankSpec, declared: discovery.Declared) -> Plan:
         "time_resolution": spec.grid_width,
         "statistic": statistic,
         "df": df,
-        "p": float(stats.chi2.sf(statistic, df)),
+        "p": distributions.chi2_sf(statistic, df),
         "groups": {
             col.label(level): {"observed": float(o), "expected": float(e)}
             for level, o, e in zip(groups, observed, expected, strict=True)
