@@ -73,10 +73,16 @@ def durations(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def complete_cases(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Rows with no missing value in `columns` (listwise deletion per analysis)."""
-    for name in columns:
+    """Rows with no missing value in `columns` (listwise deletion); `frame` itself when none is missing."""
+    names = list(dict.fromkeys(columns))
+    for name in names:
         require(frame, name)
-    return frame.dropna(subset=list(dict.fromkeys(columns)))
+    if not names:
+        return frame
+    keep = np.ones(len(frame), dtype=bool)
+    for name in names:
+        keep &= frame[name].notna().to_numpy()
+    return frame if keep.all() else frame[keep]
 
 
 def presence(frame: pd.DataFrame, name: str, declared: Sequence[Level], strict: bool = True) -> np.ndarray:

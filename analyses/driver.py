@@ -82,8 +82,8 @@ def in_memory(
 
     def answer(analysis_id: str, frame: pd.DataFrame, query: Query) -> Contribution:
         spec = specs[analysis_id]
-        needed = population.get(analysis_id) if population else None
-        contribution = registry.local(spec, frame, query, needed)
+        rows = col.complete_cases(frame, population[analysis_id] if population else spec.drops())
+        contribution = registry.local(spec, rows, query, len(frame) - len(rows))
         return release(contribution, registry.manifest(spec), query.phase, limits, masked)
 
     def exchange(queries: dict[str, Query]) -> dict[str, Contribution | AnalysisError]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
@@ -54,18 +54,17 @@ def plan(spec: Spec, declared: discovery.Declared) -> Plan:
     return TYPES[spec.type].plan(spec, declared)  # type: ignore[attr-defined]
 
 
-def local(spec: Spec, cohort: pd.DataFrame, query: Query, population: Sequence[str] | None = None) -> Contribution:
-    """A site's answer to one query of one analysis.
+def local(spec: Spec, rows: pd.DataFrame, query: Query, dropped: int = 0) -> Contribution:
+    """A site's answer to one query of one analysis, from the cohort rows it uses.
 
-    The analysis sees the cohort's rows with a value in every `population` column (default: its own
-    columns); rows dropped that way are added to the `n_dropped` it reports.
+    `dropped` cohort rows were left out for a missing value (the study's population rule); they are
+    added to the `n_dropped` the analysis reports.
     """
-    rows = col.complete_cases(cohort, spec.drops() if population is None else population)
     if query.phase == discovery.PHASE:
         return discovery.local(col.complete_cases(rows, spec.drops()), query.params)
     out = TYPES[spec.type].local(spec, rows, query)  # type: ignore[attr-defined]
     if "n_dropped" in out:
-        out["n_dropped"] = out["n_dropped"] + np.int64(len(cohort) - len(rows))
+        out["n_dropped"] = out["n_dropped"] + np.int64(dropped)
     return out
 
 

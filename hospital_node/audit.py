@@ -56,28 +56,38 @@ class AuditLog:
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one entry durably and return it."""
+        return self.append_many([(event, fields)])[0]
+
+    def append_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Write entries (event, fields) in order, durably, with one write and one fsync; return them."""
+        if not events:
+            return []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
             last = self._discard_incomplete_tail()
-            entry = {
-                "seq": last["seq"] + 1 if last else 1,
-                "time": datetime.now(UTC).isoformat(timespec="microseconds"),
-                "event": event,
-                **fields,
-                "prev": last["hash"] if last else GENESIS,
-            }
-            entry["hash"] = entry_hash(entry)
-            line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            written = []
+            for event, fields in events:
+                entry = {
+                    "seq": last["seq"] + 1 if last else 1,
+                    "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+                    "event": event,
+                    **fields,
+                    "prev": last["hash"] if last else GENESIS,
+                }
+                entry["hash"] = entry_hash(entry)
+                written.append(entry)
+                last = entry
+            lines = b"".join((json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for e in written)
             created = not self.path.exists()
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
-                os.write(descriptor, line)
+                os.write(descriptor, lines)
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
             if created:
                 _fsync_directory(self.path.parent)
-        return entry
+        return written
 
     def entries(self) -> list[dict[str, Any]]:
         """Every committed entry (an incomplete last line is not one).

@@ -78,7 +78,7 @@ def _site_id(folder: str) -> str:
 
 
 class ContextKeys:
-    """Secure-aggregation private keys in the node's Flower context state: they never leave the node."""
+    """Secure-aggregation private keys (one per study) in the node's Flower context state: they never leave it."""
 
     RECORD = "secure-aggregation-keys"
 
@@ -87,12 +87,12 @@ class ContextKeys:
             state[self.RECORD] = ConfigRecord()
         self.record = state[self.RECORD]
 
-    def put(self, public: bytes, private: bytes) -> None:
-        self.record[public.hex()] = private
+    def put(self, name: str, value: bytes) -> None:
+        self.record[name] = value
 
-    def take(self, public: bytes) -> bytes | None:
-        private = self.record.pop(public.hex(), None)
-        return bytes(private) if private is not None else None
+    def get(self, name: str) -> bytes | None:
+        value = self.record.get(name)
+        return bytes(value) if value is not None else None
 
 
 app = make_client_app()

@@ -23,7 +23,7 @@ from workbench.training_spec import TrainingSpec
 def verdicts(site: Site, protocol: Protocol, masked: bool) -> tuple[dict[str, str], dict[str, str]]:
     """Per analysis: "" (would compute) or why this site would refuse it; and, for the site's own log only,
     the private details of data errors (e.g. an undeclared value)."""
-    cohort, keys = population.cohort(site, protocol)
+    study = population.cohort(site, protocol)
     ledger = Ledger(site.state)
     found, private = {}, {}
     for analysis_id, spec in protocol.analyses.items():
@@ -31,9 +31,9 @@ def verdicts(site: Site, protocol: Protocol, masked: bool) -> tuple[dict[str, st
             problems = site.policy.conflicts(spec.type, protocol.variables(spec))  # type: ignore[attr-defined]
             if problems:
                 raise Refused("; ".join(problems))
-            for rows, columns in population.row_sets(protocol, spec, cohort, keys):
+            for rows, columns in population.row_sets(protocol, spec, study):
                 ledger.check(rows, site.policy.min_cell_count, columns)
-            exchange = driver.in_memory({site.id: cohort}, {analysis_id: spec}, site.policy.limits, masked,
+            exchange = driver.in_memory({site.id: study.rows}, {analysis_id: spec}, site.policy.limits, masked,
                                         {analysis_id: protocol.population(spec)})  # fmt: skip
             driver.run({analysis_id: registry.plan(spec, protocol.levels)}, exchange)
             found[analysis_id] = ""  # failures of a one-site fit (too few rows, no convergence) say nothing here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import tomllib
@@ -69,6 +70,7 @@ def identity_line(site: Site) -> str:
     return public_line(identity_key(site))
 
 
+@functools.lru_cache(maxsize=64)
 def study_id(text: str) -> str:
     try:
         return str(tomllib.loads(text).get("study", {}).get("id", ""))

@@ -10,11 +10,11 @@ aggregation everything but column kinds leaves masked, and nothing else per site
 
 from __future__ import annotations
 
+import base64
 import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from analyses import discovery, fixed_point, registry
 from analyses.contract import Contribution, DataError, Query, public
@@ -26,7 +26,7 @@ from hospital_node.identity import identity_key
 from hospital_node.ledger import Ledger
 from hospital_node.masking import KeyStore
 from hospital_node.site import Site, SiteError, open_site
-from workbench.messages import Reply, Request
+from workbench.messages import FULL_GRAPH, Reply, Request
 from workbench.protocol import Protocol, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -50,30 +50,27 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
         masked_round = request.secure.get("mode") == "masked"
         if request.check:
             return _check(site, audit, protocol, masked_round)
-        private = None
-        if peers:
-            private = keys.take(peers[site.id])
-            if private is None:
-                raise SiteRefusal("the key relayed as this site's is not one it offered, or was already used; refusing")
+        private, offer = (
+            masking.study_key(identity_key(site), site.id, protocol.sha256, keys) if masked_round else (None, {})
+        )
+        neighbours = _neighbours(site, protocol, request, peers, offer) if peers else {}
         rows, contributions, refusals = (
             _contributions(site, protocol, request, audit, masked_round) if request.queries else (0, {}, {})
         )
         masked: dict[str, dict[str, np.ndarray]] = {}
-        if private is not None:
-            masked, unmaskable = _masked(site, protocol, request, peers, private, contributions)
+        if neighbours:
+            masked, unmaskable = _masked(site, protocol, request, neighbours, private, contributions)
             for analysis_id, reason in unmaskable.items():
                 refusals[analysis_id] = reason
                 del contributions[analysis_id]
                 audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                              round=request.round, analysis=analysis_id, reason=reason)  # fmt: skip
-        for analysis_id, sent in contributions.items():  # logged (fsynced) before anything leaves
-            audit.append("release", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
-                         round=request.round, analysis=analysis_id, phase=request.queries[analysis_id].phase,
-                         rows=rows, items=items(sent), digest=digest(sent),
-                         masked=sorted(masked.get(analysis_id, {})))  # fmt: skip
-        offer = {}
-        if masked_round:
-            offer = masking.offer(identity_key(site), site.id, protocol.sha256, request.secure["tag"], keys)
+        audit.append_many([  # logged (fsynced) before anything leaves
+            ("release", {"protocol_sha256": protocol.sha256, "study": protocol.model.study.id, "round": request.round,
+                         "analysis": analysis_id, "phase": request.queries[analysis_id].phase, "rows": rows,
+                         "items": items(sent), "digest": digest(sent), "masked": sorted(masked.get(analysis_id, {}))})
+            for analysis_id, sent in contributions.items()
+        ])  # fmt: skip
         entries = audit.entries()
         metered = usage.by_study(entries).get(protocol.sha256, usage.Usage()).to_json()
         if masked_round:
@@ -115,13 +112,12 @@ def _contributions(
     site: Site, protocol: Protocol, request: Request, audit: AuditLog, masked: bool
 ) -> tuple[int, dict[str, Contribution], dict[str, str]]:
     """Cohort rows, the releasable contribution per analysis, and refusals (logged)."""
-    cohort, keys = population.cohort(site, protocol)
+    study = population.cohort(site, protocol)
     ledger = Ledger(site.state)
     contributions, refusals = {}, {}
     for analysis_id, query in request.queries.items():
         try:
-            contributions[analysis_id] = _contribution(site, protocol, cohort, keys, ledger, analysis_id, query,
-                                                       masked)  # fmt: skip
+            contributions[analysis_id] = _contribution(site, protocol, study, ledger, analysis_id, query, masked)
         except Refused as refusal:
             refusals[analysis_id] = str(refusal)
             audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
@@ -129,7 +125,7 @@ def _contributions(
         except DataError as error:
             name = site.table_path(protocol.model.cohort.table).name
             raise DataError(f"{name}: analysis '{analysis_id}': {error}", error.private) from None
-    return len(cohort), contributions, refusals
+    return len(study.rows), contributions, refusals
 
 
 def _peers(site: Site, protocol: Protocol, request: Request) -> dict[str, bytes] | None:
@@ -168,11 +164,24 @@ def _peers(site: Site, protocol: Protocol, request: Request) -> dict[str, bytes]
         raise SiteRefusal(str(error)) from None
 
 
+def _neighbours(
+    site: Site, protocol: Protocol, request: Request, peers: dict[str, bytes], offer: dict[str, str]
+) -> dict[str, bytes]:
+    """The verified keys of the peers this site masks with in this round's graph, or SiteRefusal."""
+    if peers[site.id] != base64.b64decode(offer["key"]):
+        raise SiteRefusal("the key relayed as this site's is not its key for this study; refusing")
+    kind = request.secure.get("graph", FULL_GRAPH)
+    if kind != FULL_GRAPH and site.policy.full_masking_graph:
+        raise SiteRefusal("this site's policy masks only with every other site (full_masking_graph = true); "
+                          f"this round uses the {kind} graph")  # fmt: skip
+    return {name: peers[name] for name in masking.neighbours(site.id, peers, protocol.sha256, kind)}
+
+
 def _masked(
     site: Site, protocol: Protocol, request: Request, peers: dict[str, bytes], private: bytes,
     contributions: dict[str, Contribution],
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:  # fmt: skip
-    """Every additive array masked (column kinds stay clear), and analyses whose values cannot be encoded."""
+    """Every additive array masked with `peers` (column kinds stay clear), and analyses whose values cannot be encoded."""
     masked, unmaskable = {}, {}
     for analysis_id, contribution in contributions.items():
         additive = {key: value for key, value in contribution.items() if not public(key)}
@@ -185,8 +194,8 @@ def _masked(
 
 
 def _contribution(
-    site: Site, protocol: Protocol, cohort: pd.DataFrame, keys: pd.Series, ledger: Ledger, analysis_id: str,
-    query: Query, masked: bool,
+    site: Site, protocol: Protocol, study: population.Cohort, ledger: Ledger, analysis_id: str, query: Query,
+    masked: bool,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """One analysis' releasable contribution (its row sets then recorded in the ledger), or Refused."""
     spec = protocol.analyses.get(analysis_id)
@@ -200,10 +209,11 @@ def _contribution(
         raise Refused("; ".join(problems))
     if query.phase == discovery.PHASE:
         _declared_as_approved(protocol, query)
-    row_sets = population.row_sets(protocol, spec, cohort, keys)
+    row_sets = population.row_sets(protocol, spec, study)
     for rows, columns in row_sets:
         ledger.check(rows, site.policy.min_cell_count, columns)
-    contribution = registry.local(spec, cohort, query, protocol.population(spec))
+    used = population.used(protocol, spec, study)
+    contribution = registry.local(spec, used, query, len(study.rows) - len(used))
     sent = release(contribution, manifest, query.phase, site.policy.limits, masked)
     for rows, columns in row_sets:
         ledger.record(rows, columns, {"study": protocol.model.study.id, "analysis": analysis_id})

@@ -32,6 +32,9 @@ class Policy(BaseModel):
     min_sites: int = Field(
         3, ge=3, description="send masked contributions only in rounds with at least this many sites"
     )
+    full_masking_graph: bool = Field(
+        False, description="mask with every other site (hidden unless all collude), not the sparse graph's neighbours"
+    )
     own_share_minimums: bool = Field(
         False,
         description="also hold this site's own masked share to the minimums (stricter: refuses most survival "
@@ -61,7 +64,8 @@ class Policy(BaseModel):
     def published(self) -> dict[str, int | bool]:
         """The limits the coordinator applies to cross-site totals (the largest over the sites wins)."""
         return {"min_cell_count": self.min_cell_count, "min_rows_per_parameter": self.min_rows_per_parameter,
-                "min_sites": self.min_sites, "own_share_minimums": self.own_share_minimums}  # fmt: skip
+                "min_sites": self.min_sites, "own_share_minimums": self.own_share_minimums,
+                "full_masking_graph": self.full_masking_graph}  # fmt: skip
 
     def conflicts(self, analysis_type: str, variables: list[str]) -> list[str]:
         """Why this policy does not allow an analysis of `analysis_type` on `variables` (empty if it does)."""

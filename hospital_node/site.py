@@ -77,9 +77,9 @@ def load_table(site: Site, table: str) -> pd.DataFrame:
     return _read(path, stat.st_mtime_ns, stat.st_size).copy()
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=256)
 def _read(path: Path, _mtime: int, _size: int) -> pd.DataFrame:
-    """Cached per file version, so a study's rounds read each table once."""
+    """Cached per file version, so a study's rounds read each table once (a simulation runs many sites per process)."""
     try:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)

@@ -52,11 +52,8 @@ def federate(frames: dict[str, pd.DataFrame], **blocks: dict[str, Any]) -> dict[
 class DictKeys(dict):
     """A node's key store held in a dict (the ClientApp keeps them in its Flower context state)."""
 
-    def put(self, public: bytes, private: bytes) -> None:
-        self[public] = private
-
-    def take(self, public: bytes) -> bytes | None:
-        return self.pop(public, None)
+    def put(self, name: str, value: bytes) -> None:
+        self[name] = value
 
 
 class NodeFolders(SiteExchange):

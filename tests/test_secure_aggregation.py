@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from analyses import fixed_point
+from hospital_node import masking
 from tests.conftest import NodeFolders, make_site, protocol_text, study
-from workbench.datasets import gbsg2_sites, lung_hospitals, lung_institutions
+from workbench.datasets import actg175, gbsg2_sites, lung_hospitals, lung_institutions, partition
 from workbench.errors import StudyError
-from workbench.messages import Reply, Request
+from workbench.messages import FULL_GRAPH, SPARSE_GRAPH, Reply, Request
 
 PERMISSIVE = "min_cell_count = 1\nmin_rows_per_parameter = 0\nclear_aggregation = true"
 SURV = 'duration = "time"\nevent = "status"'
@@ -126,9 +127,9 @@ def test_a_site_dropping_after_the_key_exchange_is_left_out_and_the_study_comple
     rest = pd.concat(rows for site, rows in frames.items() if site != "hospital-3")
     assert results["d"]["variables"]["age"]["mean"] == pytest.approx(rest.age.mean(), abs=1e-12)
     tags = [(a.tag, a.mode, sorted(a.failed)) for a in run.transcript]
-    assert tags == [("keys.1.1", "keys", []), ("1.1", "masked", ["hospital-3"]), ("keys.1.2", "keys", []),
-                    ("1.2", "masked", []), ("2.1", "masked", []), ("3.1", "masked", [])]  # fmt: skip
-    assert "hospital-3" not in run.transcript[3].sites
+    assert tags == [("keys.1.1", "keys", []), ("1.1", "masked", ["hospital-3"]), ("1.2", "masked", []),
+                    ("2.1", "masked", []), ("3.1", "masked", [])]  # fmt: skip
+    assert "hospital-3" not in run.transcript[2].sites and "hospital-3" not in run.transcript[2].offers
 
 
 def test_a_site_dropping_after_it_contributed_stops_the_running_analyses(tmp_path):
@@ -212,3 +213,59 @@ def test_the_demo_transcript_holds_only_masked_arrays(tmp_path):
                 if not name.startswith("d/kind") and not name.startswith("d/levels"):
                     assert value.dtype == np.uint64 and value.shape[-1] == 2, (attempt.tag, site, name)
     assert json.dumps(run.summary())
+
+
+def test_the_sparse_masking_graph_is_a_symmetric_harary_graph_drawn_from_the_offers():
+    keys = {f"site-{k:02d}": bytes([k]) * 32 for k in range(40)}
+    graph = {site: masking.neighbours(site, keys, "study", SPARSE_GRAPH) for site in keys}
+    assert all(len(peers) == 2 * 6 for peers in graph.values())  # 2⌈log₂ 40⌉
+    assert all(site in graph[peer] for site, peers in graph.items() for peer in peers)  # pairwise masks cancel
+    rng = np.random.default_rng(3)
+    for _ in range(50):  # fewer colluders than the degree never split the honest sites
+        colluders = set(rng.choice(sorted(keys), size=11, replace=False))
+        honest = [site for site in keys if site not in colluders]
+        reached, frontier = {honest[0]}, [honest[0]]
+        while frontier:
+            frontier = [p for site in frontier for p in graph[site] if p not in colluders and p not in reached]
+            reached.update(frontier)
+        assert reached == set(honest)
+    other = {site: masking.neighbours(site, {**keys, "site-00": b"\x07" * 32}, "study", SPARSE_GRAPH) for site in keys}
+    assert other != graph  # another key, another order: the coordinator cannot choose the graph
+    assert masking.neighbours("site-00", dict(list(keys.items())[:9]), "study", SPARSE_GRAPH) == sorted(
+        list(keys)[1:9]
+    )  # small rounds: 2⌈log₂ 9⌉ = 8 neighbours is everyone
+
+
+class Recording(NodeFolders):
+    """Keeps the masking graph of every masked round."""
+
+    graphs: list[str] = []
+
+    def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
+        if request.secure.get("peers"):
+            Recording.graphs.append(request.secure["graph"])
+        return super().send(request, sites)
+
+
+def test_a_sparse_graph_sums_exactly_and_a_site_can_require_the_full_graph(tmp_path):
+    frames = partition(actg175(), 24)
+    text = protocol_text('id = "d"\ntype = "describe"\nvariables = ["age", "karnof"]',
+                         'id = "cox"\ntype = "cox"\nduration = "days"\nevent = "cens"\ncovariates = ["age", "cd40"]')  # fmt: skip
+    sparse, _ = study(_sites(tmp_path, frames, "sparse"), text, exchange=Recording)
+    assert set(Recording.graphs) == {SPARSE_GRAPH}
+    clear, _ = study(_sites(tmp_path, frames, "clear"), text + "[privacy]\nsecure_aggregation = false\n")
+    assert sparse == clear  # the same bits as in the clear
+    strict = _sites(tmp_path, frames, "strict")
+    (strict[3] / "site.toml").write_text((strict[3] / "site.toml").read_text() + "full_masking_graph = true\n")
+    Recording.graphs = []
+    full, _ = study(strict, text, exchange=Recording)
+    assert set(Recording.graphs) == {FULL_GRAPH} and full == clear
+
+    class Cheats(NodeFolders):
+        def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
+            if request.secure.get("peers"):
+                request.secure["graph"] = SPARSE_GRAPH
+            return super().send(request, sites)
+
+    with pytest.raises(StudyError, match=r"site site-004: this site's policy masks only with every other site"):
+        study(strict, text, exchange=Cheats)

@@ -123,7 +123,7 @@ def test_the_coordinator_holds_nothing_per_site_but_masked_limbs_column_kinds_an
                 else:
                     assert value.dtype == np.uint64 and value.shape[-1] == 2, (attempt.tag, site, name)
         for offer in attempt.offers.values():
-            assert set(offer) == {"key", "signature", "issued"}
+            assert set(offer) == {"key", "signature"}
     assert clear_values == {"numeric", "categorical"}  # no site's times, levels or counts: only column kinds
     for reply in exchange.replies.values():
         assert reply.rows is None and "rows" not in reply.usage and not reply.checks

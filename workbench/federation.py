@@ -1,10 +1,10 @@
 """One study round across the sites: relay keys, send every pending query, combine the replies.
 
 With secure aggregation (the default) each site masks its additive replies; the coordinator
-only ever adds them up modulo 2¹²⁸, where the masks cancel. Sites offer a fresh signed key
-in every reply for the next round; a key round before the first data round (and after a
-dropout) collects them. A site that stops answering before it contributed to anything is
-left out and the round repeated with fresh keys; one that stops after it contributed ends
+only ever adds them up modulo 2¹²⁸, where the masks cancel. Each site offers one signed key
+per study in its replies; a key round before the first data round collects them (and the
+sites' policies, which choose the masking graph). A site that stops answering before it contributed to anything is
+left out and the round repeated without it; one that stops after it contributed ends
 the analyses still running (leaving it out then would mix cohorts, and re-running earlier
 rounds without it would expose its contributions). No partial sum is ever unmasked.
 """
@@ -24,7 +24,7 @@ from analyses import fixed_point, registry
 from analyses.contract import AnalysisError, Contribution, Query, Refusal, public, reduce_contributions
 from analyses.disclosure import Limits, publish
 from workbench.errors import StudyError
-from workbench.messages import MESSAGE_TYPE, Reply, Request
+from workbench.messages import FULL_GRAPH, MESSAGE_TYPE, SPARSE_GRAPH, Reply, Request
 from workbench.protocol import Protocol
 
 MINIMUM_SITES = 3
@@ -107,9 +107,9 @@ class SiteExchange:
             secure: dict[str, Any] = {"mode": mode, "tag": tag, "count": len(self.active or []) or self.expected}
             if mode == "masked":
                 secure["peers"] = dict(self.offers)
+                secure["graph"] = self.graph()
             record = Attempt(tag, mode, list(self.active or []), dict(self.offers))
             self.transcript.append(record)
-            self.offers = {}
             request = Request(self.protocol.text, self.protocol.sha256, round_number, queries, secure)
             started = time.perf_counter()
             replies, failures = self.send(request, self.active)
@@ -123,7 +123,7 @@ class SiteExchange:
             _check(replies)
             self.active = sorted(r.site for r in replies)
             record.sites = list(self.active)
-            self.offers = {r.site: r.offer for r in replies if r.offer}
+            self.offers = {r.site: r.offer for r in replies if r.offer}  # each site's key for the whole study
             self.replies = {r.site: r for r in sorted(replies, key=lambda r: r.site)}
             self.contributed |= set(self.active)
             self.rounds = round_number
@@ -145,6 +145,11 @@ class SiteExchange:
             "thresholds": "cross-site totals" if "masked" in modes else "each site's reply",
             "min_count": self.limits().min_count,
         }
+
+    def graph(self) -> str:
+        """The masking graph: the full one if any participant's policy requires it, else the sparse one."""
+        full = any(reply.policy.get("full_masking_graph") for reply in self.replies.values())
+        return FULL_GRAPH if full else SPARSE_GRAPH
 
     def limits(self) -> Limits:
         """The rules for published totals: the strictest of the participating sites' policies."""
@@ -170,7 +175,7 @@ class SiteExchange:
         return dict(sorted(verdicts.items()))
 
     def _key_round(self, round_number: int, attempt: int) -> bool:
-        """Collect a fresh signed key from every participant; False if some site failed (it is dropped)."""
+        """Collect every participant's signed study key and policy; False if some site failed (it is dropped)."""
         tag = f"keys.{round_number}.{attempt}"
         record = Attempt(tag, "keys", list(self.active or []), {})
         self.transcript.append(record)
@@ -185,6 +190,7 @@ class SiteExchange:
         _check(replies)
         self.active = sorted(r.site for r in replies)
         self.offers = {r.site: r.offer for r in replies}
+        self.replies = {r.site: r for r in sorted(replies, key=lambda r: r.site)}
         record.sites, record.offers = list(self.active), dict(self.offers)
         return True
 
@@ -192,7 +198,7 @@ class SiteExchange:
         """Leave out sites that failed; the reason analyses must stop if they had contributed already."""
         record.failed = dict(failures)
         self.dropped.update(failures)
-        self.offers = {}
+        self.offers = {site: offer for site, offer in self.offers.items() if site not in failures}
         if self.active is not None:
             self.active = [site for site in self.active if site not in failures]
         else:

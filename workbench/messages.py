@@ -18,6 +18,9 @@ from analyses.contract import Contribution, Query
 
 MESSAGE_TYPE = "query"
 
+FULL_GRAPH, SPARSE_GRAPH = "full", "sparse"
+"""Secure aggregation's masking graphs: every pair of participants, or a sparse Harary graph (`hospital_node.masking`)."""
+
 
 @dataclass(frozen=True)
 class Request:
@@ -27,7 +30,8 @@ class Request:
     queries: dict[str, Query]
     secure: dict[str, Any] = field(default_factory=dict)
     """Aggregation of this round: `mode` ("masked" or "clear"), `tag` (round.attempt), `count`
-    (the participants) and, when masked, `peers` (site → signed key offer relayed by the coordinator)."""
+    (the participants) and, when masked, `peers` (site → signed key offer relayed by the coordinator)
+    and `graph` (FULL_GRAPH or SPARSE_GRAPH)."""
     check: bool = False
     """A dry run: the node runs every gate for every analysis of the protocol and releases nothing."""
 
@@ -69,7 +73,7 @@ class Reply:
     audit_head: str = ""
     """Hash of the last entry of the site's audit chain."""
     offer: dict[str, str] = field(default_factory=dict)
-    """The site's signed key for the next masked round."""
+    """The site's signed key for this study's masked rounds."""
     masked: list[str] = field(default_factory=list)
     """`analysis/key` names of contributions sent masked (fixed-point limbs), not in the clear."""
     integers: list[str] = field(default_factory=list)

@@ -7,6 +7,7 @@ sites can never disagree on what an analysis block means.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -238,8 +239,11 @@ def load(path: str | Path) -> Protocol:
     return parse(text, source=path.name)
 
 
+@functools.lru_cache(maxsize=64)
 def parse(text: str, source: str = "protocol.toml") -> Protocol:
-    """Validate protocol text; errors name the analysis and field and suggest the likely fix."""
+    """Validate protocol text; errors name the analysis and field and suggest the likely fix.
+
+    Remembered per text (a node reads the same approved protocol in every round of a study)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from workbench import model_card
 from workbench.federation import Attempt
 from workbench.protocol import Protocol
 from workbench.server_app import StudyRun
@@ -50,6 +49,8 @@ def write(results: dict[str, Any], out: Path, run: StudyRun) -> Path:
     _write_transcript(run.transcript, out / "transcript")
     for training_id, record in run.training.items():
         if record.final:
+            from workbench import model_card  # torch, only when a model was trained
+
             model_card.write(out / "models" / training_id, record, results)
     target = out / "results.json"
     handle, temporary = tempfile.mkstemp(dir=out, prefix=".results-", suffix=".json")
@@ -85,7 +86,7 @@ def _write_transcript(transcript: list[Attempt], folder: Path) -> None:
                           "bytes_per_site": attempt.bytes_per_site, "received": received})  # fmt: skip
         staging.chmod(0o755)
         (staging / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-        np.savez_compressed(staging / "received.npz", **arrays)
+        np.savez(staging / "received.npz", **arrays)  # masked values are random: compression saves nothing
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
     except BaseException:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from analyses import driver, registry
-from workbench import training
 from workbench.federation import Attempt, FlowerExchange, wait_for_nodes
 from workbench.messages import Reply
 from workbench.protocol import Protocol
-from workbench.training import TrainingRun
+
+if TYPE_CHECKING:
+    from workbench import training
+    from workbench.training import TrainingRun
 
 
 @dataclass
@@ -49,6 +51,8 @@ def run_study(
     run.sites, run.refusals = exchange.replies, exchange.refusals
     run.aggregation, run.transcript = exchange.summary(), exchange.transcript
     run.rounds = exchange.rounds
+    if protocol.model.training:
+        from workbench import training  # torch, MONAI and Opacus load only for studies that train
     for spec in protocol.model.training:
         scaling = run.analyses.get(spec.scaling_id)
         run.training[spec.id] = training.run(grid, len(nodes), protocol, spec, scaling, training_progress, timeout)

@@ -8,16 +8,18 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.simulation import run_simulation
 
 from analyses.driver import Progress
 from hospital_node.client_app import make_client_app
-from workbench import training
 from workbench.errors import UserError
 from workbench.protocol import Protocol
 from workbench.server_app import StudyRun, make_server_app
+
+if TYPE_CHECKING:
+    from workbench import training
 
 
 def simulate(
