@@ -72,11 +72,10 @@ def plan(spec: CrosstabSpec, declared: discovery.Declared) -> Plan:
     return result
 
 
-def local(spec: CrosstabSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: CrosstabSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     levels = query.params["levels"]
     r = col.codes(rows, spec.row, levels[spec.row])
     c = col.codes(rows, spec.column, levels[spec.column])
     table = np.zeros((len(levels[spec.row]), len(levels[spec.column])), dtype=np.int64)
     np.add.at(table, (r, c), 1)
-    return {"table": table, "n": np.array([len(rows)]), "n_dropped": np.array([len(frame) - len(rows)])}
+    return {"table": table, "n": np.array([len(rows)])}

@@ -81,7 +81,6 @@ def local(spec: DescribeSpec, frame: pd.DataFrame, query: Query) -> Contribution
                 x = x[~np.isnan(x)]
                 out[f"ss:{name}"] = np.array([np.sum((x - params["means"][name]) ** 2)])
             continue
-        out["n_dropped"] = np.array([0])
         out[f"n:{name}"] = np.array([len(values)])
         out[f"missing:{name}"] = np.array([len(frame) - len(values)])
         if params["kinds"][name] == col.NUMERIC:

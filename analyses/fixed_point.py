@@ -32,6 +32,11 @@ class OutOfRange(ValueError):
 
 def encode(values: np.ndarray) -> np.ndarray:
     """round(values · 2⁶⁴) as limbs, shape values.shape + (2,) of uint64 (low, high)."""
+    if np.asarray(values).dtype.kind in "iub":  # counts: the value itself is the high limb (two's complement)
+        whole = np.asarray(values).astype(np.int64)
+        if np.any(np.abs(whole) >= LIMIT):
+            raise OutOfRange(f"a value of magnitude {np.max(np.abs(whole)):.3g} is beyond the exact range ±2^53")
+        return np.stack([np.zeros(whole.shape, dtype=np.uint64), whole.astype(np.uint64)], axis=-1)
     x = np.asarray(values, dtype=float)
     if not np.all(np.isfinite(x)):
         raise OutOfRange("a value is not finite (NaN or infinite)")

@@ -132,8 +132,7 @@ def _result(
     }
 
 
-def local(spec: GlmSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: GlmSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     params = query.params
     y = _outcome(spec, rows)
     exposure = col.numeric(rows, spec.exposure) if spec.exposure else np.ones(len(rows))
@@ -144,7 +143,6 @@ def local(spec: GlmSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     if query.phase == "moments":
         return {
             "n": np.array([len(rows)]),
-            "n_dropped": np.array([len(frame) - len(rows)]),
             "sum_y": np.array([y.sum()]),
             "sum_exposure": np.array([exposure.sum()]),
             "guard:categories": col.category_counts(

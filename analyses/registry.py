@@ -55,16 +55,14 @@ def plan(spec: Spec, declared: discovery.Declared) -> Plan:
 
 
 def local(spec: Spec, rows: pd.DataFrame, query: Query, dropped: int = 0) -> Contribution:
-    """A site's answer to one query of one analysis, from the cohort rows it uses.
-
-    `dropped` cohort rows were left out for a missing value (the study's population rule); they are
-    added to the `n_dropped` the analysis reports.
+    """A site's answer to one query of one analysis, from the cohort rows it uses (each with a value in every
+    column the analysis needs); `dropped` cohort rows were left out for a missing value (`n_dropped`).
     """
     if query.phase == discovery.PHASE:
         return discovery.local(col.complete_cases(rows, spec.drops()), query.params)
     out = TYPES[spec.type].local(spec, rows, query)  # type: ignore[attr-defined]
-    if "n_dropped" in out:
-        out["n_dropped"] = out["n_dropped"] + np.int64(dropped)
+    if any(item.matches(query.phase, "n_dropped") for item in manifest(spec)):
+        out["n_dropped"] = np.array([dropped])
     return out
 
 

@@ -105,8 +105,7 @@ def _test(diff: float, se: float, df: float, alpha: float) -> dict[str, Any]:
     }
 
 
-def local(spec: TTestSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: TTestSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     chosen = query.params["chosen"]
     index = col.codes(rows, spec.group, query.params["levels"][spec.group])
     levels = query.params["levels"][spec.group]
@@ -116,7 +115,6 @@ def local(spec: TTestSpec, frame: pd.DataFrame, query: Query) -> Contribution:
         return {
             "n": np.array([len(g) for g in groups]),
             "sum": np.array([g.sum() for g in groups]),
-            "n_dropped": np.array([len(frame) - len(rows)]),
         }
     means = query.params["means"]
     return {"ss": np.array([np.sum((g - m) ** 2) for g, m in zip(groups, means, strict=True)])}

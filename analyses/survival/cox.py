@@ -139,8 +139,7 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
     }
 
 
-def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: CoxSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     params = query.params
     x = col.design_matrix(rows, spec.covariates, params["kinds"], params["levels"])
     time, event = spec.follow_up(rows)
@@ -148,7 +147,6 @@ def local(spec: CoxSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     if query.phase == "moments":
         out = {
             "n": np.array([len(rows)]),
-            "n_dropped": np.array([len(frame) - len(rows)]),
             "events": np.array([int(event.sum())]),
             "sum_x": x.sum(axis=0),
             "sum_x2": (x**2).sum(axis=0),

@@ -93,10 +93,9 @@ def curve(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: flo
     }
 
 
-def local(spec: KaplanMeierSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: KaplanMeierSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     cell, cells = col.cell_codes(rows, spec.grouping(), query.params["levels"])
     time, event = spec.follow_up(rows)
     out = counts.local(time, event, cell, cells, query.params["cells"])
     group_sizes = out["removed"].sum(axis=1)
-    return {**out, "n_dropped": np.array([len(frame) - len(rows)]), "guard:group_sizes": group_sizes}
+    return {**out, "guard:group_sizes": group_sizes}

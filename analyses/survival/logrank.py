@@ -141,8 +141,7 @@ def _weights(n: np.ndarray, d: np.ndarray, spec: LogrankSpec) -> np.ndarray:
     return survival**spec.p * (1.0 - survival) ** spec.q
 
 
-def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
-    rows = col.complete_cases(frame, spec.columns())
+def local(spec: LogrankSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     levels = query.params["levels"]
     groups = len(levels[spec.group])
     cell, cells = col.cell_codes(rows, spec.grouping(), levels)
@@ -155,7 +154,6 @@ def local(spec: LogrankSpec, frame: pd.DataFrame, query: Query) -> Contribution:
     table = counts.local(time, event, cell, cells, length)
     out: Contribution = {
         "n": np.array([len(rows)]),
-        "n_dropped": np.array([len(frame) - len(rows)]),
         "guard:group_sizes": np.bincount(col.codes(rows, spec.group, levels[spec.group]), minlength=groups),
     }
     if not by_site:
