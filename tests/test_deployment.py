@@ -137,6 +137,7 @@ def _start_node(processes: Processes, site: str, folder: Path, port: int, certs:
                                      "--root-cert", certs / "ca.crt", "--key", certs / "nodes" / site,
                                      "--port", _free_port()))  # fmt: skip
     _wait_for(lambda: "SuperNode ID" in processes.log(site), 60)
+    assert "node: quick runtime (Flower 1.42.0 internals)" in processes.log(site)
 
 
 def _wait_for(condition, seconds: float) -> None:

@@ -27,6 +27,7 @@ from hospital_node.site import SiteError, open_site
 from workbench import results
 from workbench.errors import StudyError, UserError
 from workbench.protocol import parse
+from workbench.quick_grid import quick_object_pulls
 from workbench.server_app import check_study, run_study
 
 CONNECTION = "workbench"
@@ -38,6 +39,9 @@ def _main(grid: Grid, context: Context) -> None:
     """The coordinator's side of a deployed study (run by the SuperLink's SuperExec)."""
     config = context.run_config
     status = Path(str(config["status"]))
+    problem = quick_object_pulls()
+    if problem:
+        print(f"coordinator: {problem}; replies wait for Flower's own retries", flush=True)
     try:
         protocol = parse(str(config["protocol"]), source=str(config["protocol_name"]))
         sites = int(config["sites"]) or _connected(grid)
@@ -81,10 +85,15 @@ def _tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+QUICK = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_TELEMETRY_ENABLED": "0"}
+"""Flower's documented settings for shorter waits: a SuperExec polling for tasks every 50 ms, no telemetry
+(an exiting Flower process may otherwise wait up to 4 s for it)."""
+
+
 def _environment(**extra: str) -> dict[str, str]:
-    """This environment's executables first on PATH (Flower starts `flower-superexec` by name)."""
+    """This environment's executables first on PATH (Flower starts `flower-superexec` by name), quick settings."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, **extra}
+    return {**QUICK, **os.environ, "PATH": path, **extra}
 
 
 def connection_home(folder: Path, superlink: str, root_cert: Path) -> Path:
@@ -110,7 +119,7 @@ def start_coordinator(certs: Path, host: str, port: int, state: Path) -> int:
     command = [
         _tool("flower-superlink"), "--ssl-ca-certfile", str(files["ca.crt"]), "--ssl-certfile",
         str(files["superlink.crt"]), "--ssl-keyfile", str(files["superlink.key"]), "--enable-supernode-auth",
-        "--host", host, "--port", str(port), "--database", str(state / "superlink.db"),
+        "--host", host, "--port", str(port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
     superlink = subprocess.Popen(command, env=_environment(FLWR_HOME=str(state / "flwr-home")))
@@ -140,10 +149,18 @@ def start_node(site: Path, superlink: str, root_cert: Path, key: Path, port: int
     for path in (root_cert, key):
         if not path.is_file():
             raise UserError(f"{path}: not found")
-    command = [
-        _tool("flower-supernode"), "--root-certificates", str(root_cert), "--superlink", superlink,
-        "--auth-supernode-private-key", str(key), "--node-config", f"site='{folder}'", "--port", str(port),
+    arguments = [
+        "--root-certificates", str(root_cert), "--superlink", superlink, "--auth-supernode-private-key", str(key),
+        "--node-config", f"site='{folder}'", "--port", str(port),
     ]  # fmt: skip
+    from hospital_node import supernode
+
+    problem = supernode.problems()
+    if problem:
+        print(f"node: {problem}; starting stock Flower (rounds take seconds)", file=sys.stderr, flush=True)
+        command = [_tool("flower-supernode"), *arguments]
+    else:
+        command = [sys.executable, "-m", "hospital_node.supernode", *arguments]
     os.execve(command[0], command, _environment(FLWR_HOME=str(folder / "state" / "flwr-home")))
     return 0  # not reached
 

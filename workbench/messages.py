@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from analyses.contract import Contribution, Query
 
 MESSAGE_TYPE = "query"
+
+FLOWER_TESTED = "1.42.0"
+"""The Flower version whose internals the quick deployment runtime relies on (it falls back to stock Flower
+with any other; see `hospital_node.supernode` and `workbench.quick_grid`)."""
 
 FULL_GRAPH, SPARSE_GRAPH = "full", "sparse"
 """Secure aggregation's masking graphs: every pair of participants, or a sparse Harary graph (`hospital_node.masking`)."""
@@ -86,11 +90,7 @@ class Reply:
     """Why the site answers nothing at all."""
 
     def to_records(self) -> RecordDict:
-        arrays = {
-            f"{analysis_id}/{key}": Array(np.ascontiguousarray(value))
-            for analysis_id, contribution in self.contributions.items()
-            for key, value in contribution.items()
-        }
+        layout, blob = _pack(self.contributions)
         return RecordDict(
             {
                 "site": ConfigRecord(
@@ -106,19 +106,17 @@ class Reply:
                         "policy": json.dumps(self.policy),
                         "checks": json.dumps(self.checks),
                         "error": self.error,
+                        "layout": json.dumps(layout),
+                        "data": blob.tobytes(),
                     }
                 ),
-                "data": ArrayRecord(arrays),
             }
         )
 
     @classmethod
     def from_records(cls, content: RecordDict) -> Reply:
         site = content.config_records["site"]
-        contributions: dict[str, Contribution] = {}
-        for name, array in content.array_records["data"].items():
-            analysis_id, key = name.split("/", 1)
-            contributions.setdefault(analysis_id, {})[key] = array.numpy()
+        contributions = _unpack(json.loads(str(site["layout"])), np.frombuffer(bytes(site["data"]), dtype=np.uint8))
         return cls(
             site=str(site["id"]),
             rows=None if int(site["rows"]) < 0 else int(site["rows"]),
@@ -133,3 +131,28 @@ class Reply:
             checks=json.loads(str(site["checks"])),
             error=str(site["error"]),
         )
+
+
+def _pack(contributions: dict[str, Contribution]) -> tuple[list[list[Any]], np.ndarray]:
+    """Every array's bytes in one buffer, and where each lies: [analysis/key, dtype, shape, offset, size].
+
+    The buffer travels inside the reply's one ConfigRecord: on the deployment engine every record and
+    Flower Array is a separate object pushed to and pulled from the SuperLink, one request each.
+    """
+    layout, parts, offset = [], [], 0
+    for analysis_id, contribution in contributions.items():
+        for key, value in contribution.items():
+            data = np.ascontiguousarray(value)
+            layout.append([f"{analysis_id}/{key}", data.dtype.str, list(data.shape), offset, data.nbytes])
+            parts.append(data.view(np.uint8).ravel())
+            offset += data.nbytes
+    return layout, np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+
+
+def _unpack(layout: list[list[Any]], blob: np.ndarray) -> dict[str, Contribution]:
+    contributions: dict[str, Contribution] = {}
+    for name, dtype, shape, offset, size in layout:
+        analysis_id, key = name.split("/", 1)
+        value = blob[offset : offset + size].view(np.dtype(dtype)).reshape(shape)
+        contributions.setdefault(analysis_id, {})[key] = value
+    return contributions

@@ -13,6 +13,7 @@ from analyses import driver, registry
 from workbench.federation import Attempt, FlowerExchange, wait_for_nodes
 from workbench.messages import Reply
 from workbench.protocol import Protocol
+from workbench.quick_grid import QuickGrid
 
 if TYPE_CHECKING:
     from workbench import training
@@ -42,6 +43,7 @@ def run_study(
     timeout: float = 600.0,
 ) -> StudyRun:
     """Run `protocol` once `sites` nodes are connected: the statistics (sharing rounds), then each training."""
+    grid = QuickGrid(grid)  # type: ignore[assignment]
     run = StudyRun()
     nodes = wait_for_nodes(grid, sites, timeout)
     started = time.perf_counter()
@@ -62,6 +64,7 @@ def run_study(
 
 def check_study(grid: Grid, protocol: Protocol, sites: int, timeout: float = 600.0) -> dict[str, Any]:
     """A dry run once `sites` nodes are connected: every site's verdict per analysis, nothing released."""
+    grid = QuickGrid(grid)  # type: ignore[assignment]
     exchange = FlowerExchange(grid, wait_for_nodes(grid, sites, timeout), protocol, timeout)
     verdicts = exchange.check()
     return {"mode": exchange.mode, "sites": verdicts, "limits": exchange.limits().__dict__}

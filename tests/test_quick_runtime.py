@@ -1,0 +1,66 @@
+"""The quick deployment runtime relies on Flower internals: these tests fail if Flower changes under it."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from types import SimpleNamespace
+
+import flwr
+import pytest
+
+from hospital_node import supernode
+from workbench import quick_grid
+from workbench.messages import FLOWER_TESTED
+
+
+def test_the_installed_flower_is_the_tested_one_and_has_every_internal_the_quick_runtime_uses():
+    assert flwr.__version__ == FLOWER_TESTED
+    assert supernode.problems() == ""
+    assert quick_grid.quick_object_pulls() == ""
+    assert quick_grid.quick_object_pulls() == ""  # applying it twice changes nothing
+
+
+def test_another_flower_version_falls_back_to_stock_flower(monkeypatch):
+    monkeypatch.setattr(flwr, "__version__", "1.99.0")
+    assert supernode.problems() == f"Flower 1.99.0 is installed; the quick node runtime is tested with {FLOWER_TESTED}"
+    assert quick_grid.quick_object_pulls().startswith("Flower 1.99.0 is installed")
+
+
+def _bundle(clientapp: str) -> bytes:
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.writestr("pyproject.toml", (
+            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+            '[project]\nname = "study"\nversion = "1.0.0"\n'
+            '[tool.flwr.app]\npublisher = "someone"\n'
+            f'[tool.flwr.app.components]\nserverapp = "x:app"\nclientapp = "{clientapp}"\n'
+        ))  # fmt: skip
+    return stream.getvalue()
+
+
+def test_a_node_runs_only_the_workbenchs_clientapp():
+    assert supernode.foreign_app(_bundle(supernode.CLIENT_APP)) == ""
+    assert supernode.foreign_app(_bundle("evil:app")) == (
+        "this hospital node runs only the workbench's ClientApp, not 'evil:app'"
+    )
+
+
+def test_the_quick_grid_pulls_until_every_reply_arrived():
+    class Slow:
+        """A Grid whose replies arrive one pull at a time."""
+
+        def __init__(self) -> None:
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            return [f"m{k}" for k, _ in enumerate(messages)]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            first = sorted(ids)[0]
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=first))]
+
+    grid = quick_grid.QuickGrid(Slow())  # type: ignore[arg-type]
+    replies = grid.send_and_receive([object(), object(), object()], timeout=5)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1", "m2"] and grid.pulls == 3
