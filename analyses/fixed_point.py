@@ -23,7 +23,8 @@ LIMIT = 2.0**53
 MAX_SITES = 1024
 
 _ONE = np.uint64(1)
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
 
 
 class OutOfRange(ValueError):
@@ -31,29 +32,29 @@ class OutOfRange(ValueError):
 
 
 def encode(values: np.ndarray) -> np.ndarray:
-    """round(values · 2⁶⁴) as limbs, shape values.shape + (2,) of uint64 (low, high)."""
+    """round(values · 2⁶⁴) (half to even) as limbs, shape values.shape + (2,) of uint64 (low, high)."""
     if np.asarray(values).dtype.kind in "iub":  # counts: the value itself is the high limb (two's complement)
-        whole = np.asarray(values).astype(np.int64)
-        if np.any(np.abs(whole) >= LIMIT):
-            raise OutOfRange(f"a value of magnitude {np.max(np.abs(whole)):.3g} is beyond the exact range ±2^53")
+        whole = check_integers(values)
         return np.stack([np.zeros(whole.shape, dtype=np.uint64), whole.astype(np.uint64)], axis=-1)
     x = np.asarray(values, dtype=float)
     if not np.all(np.isfinite(x)):
         raise OutOfRange("a value is not finite (NaN or infinite)")
     if np.any(np.abs(x) >= LIMIT):
         raise OutOfRange(f"a value of magnitude {np.max(np.abs(x)):.3g} is beyond the exact range ±2^53")
-    fraction, exponent = np.frexp(np.abs(x))
-    mantissa = (fraction * 2.0**53).astype(np.uint64)  # exact: |x| = mantissa · 2^(exponent − 53)
-    shift = exponent.astype(np.int64) + (FRACTION_BITS - 53)  # |x| · 2⁶⁴ = mantissa · 2^shift, shift ≤ 64
-    up = np.clip(shift, 0, 64)
-    low_up = np.where(up < 64, mantissa << np.minimum(up, 63).astype(np.uint64), 0)
-    high_up = np.where(up == 0, 0, np.where(up < 64, mantissa >> (64 - np.clip(up, 1, 63)).astype(np.uint64), mantissa))
-    down = np.clip(-shift, 1, 63).astype(np.uint64)
-    rounded = (mantissa + (_ONE << (down - _ONE))) >> down  # round half up
-    low = np.where(shift >= 0, low_up, np.where(-shift >= 54, 0, rounded)).astype(np.uint64)
-    high = np.where(shift >= 0, high_up, 0).astype(np.uint64)
-    limbs = np.stack([low, high], axis=-1)
+    magnitude = np.abs(x)
+    whole = np.floor(magnitude)
+    scaled = np.rint((magnitude - whole) * 2.0**FRACTION_BITS)  # the exact fraction × 2⁶⁴, rounded once
+    over = scaled >= 2.0**FRACTION_BITS  # rounded up to a whole unit
+    limbs = np.stack([np.where(over, 0.0, scaled).astype(np.uint64), (whole + over).astype(np.uint64)], axis=-1)
     return np.where((x < 0)[..., None], negate(limbs), limbs)
+
+
+def check_integers(values: np.ndarray) -> np.ndarray:
+    """Integer values as int64, within the exact range ±2⁵³ (sums of up to 1,024 sites stay below 2⁶³)."""
+    whole = np.asarray(values).astype(np.int64)
+    if np.any(np.abs(whole) >= LIMIT):
+        raise OutOfRange(f"a value of magnitude {np.max(np.abs(whole)):.3g} is beyond the exact range ±2^53")
+    return whole
 
 
 def negate(limbs: np.ndarray) -> np.ndarray:
@@ -71,13 +72,17 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def total(parts: Iterable[np.ndarray]) -> np.ndarray:
-    """The sum of limb arrays modulo 2¹²⁸ (exact, so order does not matter)."""
-    result: np.ndarray | None = None
-    for part in parts:
-        result = part if result is None else add(result, part)
-    if result is None:
+    """The sum of limb arrays modulo 2¹²⁸ (exact, so order does not matter), in a few vectorized steps."""
+    stack = np.stack(list(parts)) if not isinstance(parts, np.ndarray) else parts
+    if len(stack) == 0:
         raise ValueError("nothing to add")
-    return result
+    if len(stack) >= 2**32:
+        raise ValueError("too many parts to add at once")
+    low, high = stack[..., 0], stack[..., 1]
+    halves = (low & _LOW32).sum(axis=0, dtype=np.uint64)  # each sum < 2³² · 2³²: no overflow
+    upper = (low >> _32).sum(axis=0, dtype=np.uint64) + (halves >> _32)
+    carry = upper >> _32
+    return np.stack([(halves & _LOW32) | (upper << _32), high.sum(axis=0, dtype=np.uint64) + carry], axis=-1)
 
 
 def decode(limbs: np.ndarray, integer: bool = False) -> np.ndarray:

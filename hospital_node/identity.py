@@ -6,6 +6,7 @@ Its public line goes into a study protocol's `[federation.sites]`, where every p
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -28,7 +29,13 @@ def identity_key(site: Site) -> Ed25519PrivateKey:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(pem)
         (path.parent / "node_key.pub").write_text(public_line(key) + "\n", encoding="utf-8")
-    key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
+    return _load(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _load(path: Path, _mtime: int) -> Ed25519PrivateKey:
+    """The key in `path` (remembered per file version: a node reads it for every masked reply)."""
+    key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: the identity key must be ssh-ed25519")
     return key

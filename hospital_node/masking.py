@@ -48,6 +48,7 @@ from workbench.messages import FULL_GRAPH
 MINIMUM_SITES = 3
 """With fewer sites, the sum minus one's own contribution is the other site's."""
 
+
 class MaskingError(Exception):
     """A key offer is not authentic or cannot be used; the message names the site."""
 
@@ -69,22 +70,42 @@ def study_key(identity: Ed25519PrivateKey, site: str, study: str, store: KeyStor
         )
         store.put(study, private)
     public = _public(private)
-    return private, {"key": _b64(public), "signature": _b64(identity.sign(_signed(study, site, public)))}
+    signer = identity.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if (signer, site, study, public) not in _OFFERS:  # Ed25519 is deterministic: the same offer every round
+        _OFFERS[(signer, site, study, public)] = {
+            "key": _b64(public),
+            "signature": _b64(identity.sign(_signed(study, site, public))),
+        }
+    return private, dict(_OFFERS[(signer, site, study, public)])
+
+
+_OFFERS: dict[tuple[bytes, str, str, bytes], dict[str, str]] = {}
+"""Signed offers made by this process."""
 
 
 def verify(offers: Mapping[str, dict[str, str]], pinned: Mapping[str, str], study: str) -> dict[str, bytes]:
     """Every offer's key, after checking its signature against the site's pinned identity key."""
-    keys = {}
-    for site, item in offers.items():
+    return dict(_verified(tuple((site, item["key"], item["signature"]) for site, item in offers.items()),
+                          tuple(pinned.items()), study))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _verified(
+    offers: tuple[tuple[str, str, str], ...], pinned_items: tuple[tuple[str, str], ...], study: str
+) -> tuple[tuple[str, bytes], ...]:
+    """`verify`, remembered per process: a study's offers are the same in all its rounds."""
+    pinned = dict(pinned_items)
+    keys = []
+    for site, key, signature in offers:
         if site not in pinned:
             raise MaskingError(f"site '{site}' is not in the protocol's [federation.sites]; its key cannot be trusted")
-        if not _authentic(pinned[site], study, site, item["key"], item["signature"]):
+        if not _authentic(pinned[site], study, site, key, signature):
             raise MaskingError(
                 f"the key relayed for site '{site}' is not signed by its pinned identity key; "
                 "the coordinator may have substituted it"
             )
-        keys[site] = base64.b64decode(item["key"])
-    return keys
+        keys.append((site, base64.b64decode(key)))
+    return tuple(keys)
 
 
 def neighbours(site: str, keys: Mapping[str, bytes], study: str, kind: str) -> list[str]:
@@ -104,26 +125,65 @@ def mask(
     contributions: Mapping[str, Contribution], site: str, private: bytes, peers: Mapping[str, bytes], study: str,
     tag: str,
 ) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
-    """Each analysis' arrays encoded to fixed point plus this site's masks with every peer (limbs, mod 2¹²⁸).
+    """Each analysis' arrays plus this site's masks with every peer: integer arrays (counts) as uint64 modulo 2⁶⁴,
+    real arrays as fixed-point limbs modulo 2¹²⁸.
 
-    One ChaCha20 stream per peer and analysis covers all its arrays (keys in sorted order), so an
-    analysis a site refuses leaves the others' masks intact.
+    Per peer and analysis one ChaCha20 stream covers all its integer arrays and one all its real ones
+    (keys in sorted order), so an analysis a site refuses leaves the others' masks intact.
     """
     seeds = {other: _seed(private, public, study, site, other) for other, public in peers.items() if other != site}
+    signs = (
+        [seed for other, seed in seeds.items() if site < other],
+        [seed for other, seed in seeds.items() if site > other],
+    )
     masked: dict[str, dict[str, np.ndarray]] = {}
     for analysis_id, contribution in contributions.items():
-        names = sorted(contribution)
-        encoded = [fixed_point.encode(contribution[name]) for name in names]
-        limbs = np.concatenate([array.reshape(-1, 2) for array in encoded]) if encoded else np.zeros((0, 2), np.uint64)
-        for other, seed in seeds.items():
-            noise = _stream(seed, f"{tag}/{analysis_id}", len(limbs))
-            limbs = fixed_point.add(limbs, noise if site < other else fixed_point.negate(noise))
-        offsets = np.cumsum([0, *(array.size // 2 for array in encoded)])
+        counts = sorted(name for name, value in contribution.items() if value.dtype.kind in "iub")
+        reals = sorted(name for name in contribution if name not in counts)
+        whole = [fixed_point.check_integers(contribution[name]).astype(np.uint64) for name in counts]
+        limbs = [fixed_point.encode(contribution[name]) for name in reals]
         masked[analysis_id] = {
-            name: limbs[start:end].reshape(array.shape)
-            for name, array, start, end in zip(names, encoded, offsets[:-1], offsets[1:], strict=True)
-        }
+            **_split(counts, whole, _masked_words(np.concatenate([w.ravel() for w in whole]) if whole else
+                                                   np.zeros(0, np.uint64), signs, f"{tag}/{analysis_id}/counts")),
+            **_split(reals, limbs, _masked_limbs(np.concatenate([a.reshape(-1, 2) for a in limbs]) if limbs else
+                                                 np.zeros((0, 2), np.uint64), signs, f"{tag}/{analysis_id}")),
+        }  # fmt: skip
     return masked
+
+
+def _masked_words(words: np.ndarray, signs: tuple[list[bytes], list[bytes]], name: str) -> np.ndarray:
+    """Integers (as uint64) plus the added peers' masks minus the subtracted ones', modulo 2⁶⁴ (uint64 wraps)."""
+    added, subtracted = (_streams(seeds, name, words.size, 1).sum(axis=0, dtype=np.uint64) for seeds in signs)
+    return words + added - subtracted
+
+
+def _masked_limbs(limbs: np.ndarray, signs: tuple[list[bytes], list[bytes]], name: str) -> np.ndarray:
+    """Fixed-point limbs plus the added peers' masks minus the subtracted ones', modulo 2¹²⁸."""
+    added, subtracted = (fixed_point.total(_streams(seeds, name, len(limbs), 2)) for seeds in signs)
+    return fixed_point.total(np.stack([limbs, added, fixed_point.negate(subtracted)]))
+
+
+def _streams(seeds: list[bytes], name: str, size: int, words: int) -> np.ndarray:
+    """One ChaCha20 stream per seed for this round and analysis: shape (seeds, size, words) of uint64."""
+    streams = np.zeros((max(len(seeds), 1), size, words), dtype="<u8")  # an empty sum is one row of zeros
+    if size:
+        nonce = hashlib.sha256(name.encode()).digest()[:16]
+        zeros = bytes(8 * words * size)
+        for row, seed in zip(streams, seeds, strict=False):
+            Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor().update_into(
+                zeros, memoryview(row).cast("B")
+            )
+    return streams if words == 2 else streams[..., 0]
+
+
+def _split(names: list[str], arrays: list[np.ndarray], flat: np.ndarray) -> dict[str, np.ndarray]:
+    """The masked values of `flat` back in the arrays' shapes (limbs keep their last axis)."""
+    out, start = {}, 0
+    for name, array in zip(names, arrays, strict=True):
+        count = array.size // (2 if flat.ndim == 2 else 1)
+        out[name] = flat[start : start + count].reshape(array.shape)
+        start += count
+    return out
 
 
 def _public(private: bytes) -> bytes:
@@ -150,13 +210,6 @@ def _seed(private: bytes, public: bytes, study: str, a: str, b: str) -> bytes:
     low, high = sorted((a, b))
     info = f"workbench mask v2|{study}|{low}|{high}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
-
-
-def _stream(seed: bytes, name: str, size: int) -> np.ndarray:
-    """`size` pseudo-random 128-bit values (limbs) from ChaCha20, one independent stream per round and analysis."""
-    nonce = hashlib.sha256(name.encode()).digest()[:16]
-    encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(bytes(16 * size)), dtype="<u8").reshape(size, 2).copy()
 
 
 def _signed(study: str, site: str, public: bytes) -> bytes:

@@ -255,7 +255,10 @@ def _total(replies: list[Reply], analysis_id: str, mode: str) -> Contribution:
             or any(name not in r.masked for r in replies)
         ):
             raise AnalysisError(f"sites sent different shapes or encodings for '{key}'")
-        total[key] = fixed_point.decode(fixed_point.total(arrays), integer=name in replies[0].integers)
+        if name in replies[0].integers:  # counts masked modulo 2⁶⁴: uint64 sums wrap exactly
+            total[key] = np.sum(np.stack(arrays), axis=0, dtype=np.uint64).view(np.int64)
+        else:
+            total[key] = fixed_point.decode(fixed_point.total(arrays))
     return total
 
 

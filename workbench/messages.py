@@ -81,7 +81,8 @@ class Reply:
     masked: list[str] = field(default_factory=list)
     """`analysis/key` names of contributions sent masked (fixed-point limbs), not in the clear."""
     integers: list[str] = field(default_factory=list)
-    """`analysis/key` names of masked contributions that encode integers."""
+    """`analysis/key` names of masked integer contributions (counts, masked as uint64 modulo 2⁶⁴; the others are
+    128-bit fixed-point limbs)."""
     policy: dict[str, Any] = field(default_factory=dict)
     """The site's limits the coordinator applies to published cross-site totals (`Policy.published`)."""
     checks: dict[str, str] = field(default_factory=dict)

@@ -48,7 +48,11 @@ def simulate(
             num_supernodes=len(folders),
             backend_config={
                 "client_resources": {"num_cpus": 1},
-                "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
+                "init_args": {
+                    "logging_level": logging.ERROR,
+                    "log_to_driver": False,
+                    "_system_config": {"max_direct_call_object_size": 4 * 2**20},
+                },
             },
         )
     return outcome[0]

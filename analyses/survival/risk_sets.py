@@ -53,7 +53,7 @@ def _bin_sums(bins: np.ndarray, keep: np.ndarray, r: np.ndarray, x: np.ndarray, 
         s1[:, a] = np.bincount(b, w * xs[:, a], size)
         for c in range(a + 1):
             s2[:, a, c] = s2[:, c, a] = np.bincount(b, w * xs[:, a] * xs[:, c], size)
-    return [np.bincount(b, w, size), s1, s2]
+    return [np.bincount(b, w, size).astype(float), s1, s2]  # float even with no rows (numpy gives int64 then)
 
 
 def partial_likelihood(total: Contribution, beta: np.ndarray, ties: str) -> tuple[float, np.ndarray, np.ndarray]:
