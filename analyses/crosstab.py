@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
 from analyses import columns as col
 from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query

@@ -102,7 +102,13 @@ def _result(
     else:
         scale, log_likelihood = 1.0, float(totals["log_likelihood"][0])
         ppf, sf = distributions.norm_ppf, distributions.norm_sf
-    se = np.sqrt(np.diag(np.linalg.inv(totals["information"])) * scale)
+    with np.errstate(invalid="ignore", over="ignore"):
+        se = np.sqrt(np.diag(np.linalg.inv(totals["information"])) * scale)
+    if not np.all(np.isfinite(se)):
+        raise AnalysisError(
+            "the standard errors are infinite at the fit (perfect separation, or a covariate that predicts the "
+            "outcome exactly?)"
+        )
     z = beta / se
     q = ppf(1 - spec.alpha / 2)
     params = {

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from actg_sites import approved, site_folders
+from baseline import run_own_copy
 
 from workbench.datasets import actg175
 
@@ -112,6 +113,7 @@ def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--baseline", metavar="REV", help="also run this git revision's benchmark, side by side")
     args = parser.parse_args()
     print(f"# deployment benchmark - ACTG 175, describe + Cox (3 covariates), Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, localhost, TLS + node authentication + secure aggregation")  # fmt: skip
@@ -120,6 +122,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as name:
             for engine, t in measure(count, Path(name)).items():
                 print(f"{count:>5} {engine:<11} {t['rounds']:>6} {t['round']:>8.2f} {t['cox']:>9.1f} {t['wall']:>9.1f}")
+
+    if args.baseline:
+        run_own_copy(args.baseline, "deployment.py", ["--sites", *map(str, args.sites)])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 from actg_sites import COVARIATES, SUITE, approved, site_folders
+from baseline import run_own_copy
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 
@@ -88,21 +89,6 @@ def in_memory(rows, sites: int, study: protocols.Protocol) -> float:
     return time.perf_counter() - started
 
 
-def baseline(revision: str, sites: list[int]) -> None:
-    """Run revision `revision`'s own copy of this benchmark on the same site counts, from a temporary worktree."""
-    root = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory(prefix="baseline-") as folder:
-        tree = Path(folder) / "tree"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), revision], check=True,
-                       capture_output=True)  # fmt: skip
-        try:
-            print(f"# baseline: revision {revision}, its own bench/scaling.py", flush=True)
-            subprocess.run([sys.executable, str(tree / "bench" / "scaling.py"), "--sites", *map(str, sites)],
-                           check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})  # fmt: skip
-        finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
-
-
 def pooled(rows) -> float:
     started = time.perf_counter()
     for _, group in rows.groupby("arms"):
@@ -134,7 +120,7 @@ def main() -> None:
               f"{f['peak_mb']:>9.0f} {f['in_memory']:>11.2f}", flush=True)  # fmt: skip
     print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {pooled(rows):.2f} s", flush=True)
     if args.baseline:
-        baseline(args.baseline, args.sites)
+        run_own_copy(args.baseline, "scaling.py", ["--sites", *map(str, args.sites)])
 
 
 if __name__ == "__main__":

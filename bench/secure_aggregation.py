@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from actg_sites import CLEAR_POLICY, SUITE, approved, site_folders
+from baseline import run_own_copy
 
 from workbench.datasets import actg175
 
@@ -55,6 +56,7 @@ def run(folder: Path, sites: list[Path], secure: bool) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[3, 10, 20, 67])
+    parser.add_argument("--baseline", metavar="REV", help="also run this git revision's benchmark, side by side")
     args = parser.parse_args()
     rows = actg175()
     print(f"# secure aggregation benchmark - {len(rows)} ACTG 175 patients, KM + log-rank + Cox (3 covariates)")
@@ -71,6 +73,9 @@ def main() -> None:
             ratio = r["round"] / clear["round"]
             print(f"{count:>5} {label:>7} {r['rounds']:>6} {r['round']:>8.3f} {r['keys']:>12.3f} "
                   f"{r['bytes'] / 1024:>14.1f} {r['study']:>8.2f} {ratio:>11.2f}")  # fmt: skip
+
+    if args.baseline:
+        run_own_copy(args.baseline, "secure_aggregation.py", ["--sites", *map(str, args.sites)])
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ class AuditLog:
                 entry["hash"] = entry_hash(entry)
                 written.append(entry)
                 last = entry
-            lines = b"".join((json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for e in written)
+            lines = b"".join(
+                (json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for e in written
+            )
             created = not self.path.exists()
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:

@@ -108,11 +108,17 @@ def _verified(
     return tuple(keys)
 
 
+def degree(sites: int, kind: str) -> int:
+    """How many of the other participants each site masks with in a `kind` graph over `sites` participants."""
+    others = max(sites - 1, 0)
+    return others if kind == FULL_GRAPH else min(others, 2 * math.ceil(math.log2(max(sites, 1))))
+
+
 def neighbours(site: str, keys: Mapping[str, bytes], study: str, kind: str) -> list[str]:
     """The participants `site` masks with in a `kind` graph over the participants `keys` (verified)."""
     others = sorted(other for other in keys if other != site)
-    half = math.ceil(math.log2(len(keys))) if len(keys) > 1 else 0
-    if kind == FULL_GRAPH or 2 * half >= len(others):
+    half = degree(len(keys), kind) // 2
+    if degree(len(keys), kind) == len(others):
         return others
     offers = "|".join(f"{name}:{keys[name].hex()}" for name in sorted(keys))
     digest = hashlib.sha256(f"workbench masking graph v1|{study}|{offers}".encode()).digest()

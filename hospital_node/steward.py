@@ -13,6 +13,7 @@ from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
+from workbench.messages import SPARSE_GRAPH
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 from workbench.training_spec import TrainingSpec, parameter_count
@@ -119,7 +120,6 @@ def _aggregation(site: Site, protocol: Protocol) -> list[str]:
     if not protocol.model.privacy.secure_aggregation:
         return ["Secure aggregation: OFF — the coordinator sees this site's replies as sent; this site applies its "
                 "minimum counts, ranges and guards to its own reply before it leaves."]  # fmt: skip
-    others = max(len(pinned) - 1, 0)
     share = ("this site's own masked share is also held to its minimums (own_share_minimums = true: stricter, "
              "refuses more studies)" if policy.own_share_minimums else
              "this site's own masked share is not held to them: it is noise to everyone (own_share_minimums = false)")  # fmt: skip
@@ -130,14 +130,26 @@ def _aggregation(site: Site, protocol: Protocol) -> list[str]:
         f"Thresholds: the minimum counts apply where data become visible, to the published cross-site totals (the "
         f"largest minimum of the participating sites, at least this site's {policy.min_cell_count}); {share}. "
         f"{clear}",
-        f"Collusion: masking hides this site's share unless the coordinator and all {others} other pinned sites "
-        "collude (they would subtract their own shares from the total).",
+        _collusion(policy.full_masking_graph, len(pinned)),
         f"Peers pinned by the protocol ({len(pinned)}): "
         + (
             ", ".join(f"{name} {fingerprint(line)}" for name, line in pinned.items())
             or "none — masked rounds will be refused"
         ),
     ]
+
+
+def _collusion(full: bool, sites: int) -> str:
+    """What masking hides among `sites` pinned sites, and from whom."""
+    sparse = masking.degree(sites, SPARSE_GRAPH)
+    if full or sparse == sites - 1:
+        return (f"Collusion: every site masks with all {max(sites - 1, 0)} others; this site's share is exposed only "
+                "if the coordinator and all other pinned sites collude (they would subtract their own shares from "
+                "the total)" + (" (full_masking_graph = true)." if full else "."))  # fmt: skip
+    return (f"Collusion: each site masks with {sparse} of the {sites - 1} others (a sparse graph drawn at random from "
+            f"the sites' signed keys); this site's share is exposed only if the coordinator and all {sparse} of its "
+            f"neighbours collude, and fewer than {sparse} colluding sites learn nothing beyond the total. A steward "
+            "can require masking with every site: full_masking_graph = true.")  # fmt: skip
 
 
 def fingerprint(line: str) -> str:

@@ -144,7 +144,11 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any, Any]:
     from flwr.supercore.task_identity import TaskIdentity
 
     task = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task.task_id, task.run.run_id, task.context.node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (
+        task.task_id,
+        task.run.run_id,
+        task.context.node_id,
+    )
     context = context_from_proto(task.context)
     pulled = client.PullMessages(PullAppMessagesRequest())
     if not pulled.messages_list:

@@ -128,7 +128,8 @@ def test_every_analysis_appears_in_section_4_with_its_manifest(planned):
 def test_under_secure_aggregation_the_rules_apply_to_the_published_totals(planned, sites):
     folder, document = planned
     assert document["aggregation"] == {"masked": True, "minimum_sites": 3, "thresholds": "cross-site totals",
-                                       "min_count": None, "mode": None, "other_sites": 2}  # fmt: skip
+                                       "min_count": None, "mode": None, "other_sites": 2, "graph": "sparse",
+                                       "neighbours": 2}  # fmt: skip
     found = items(document)
     for item in found:
         assert len(item["rules"]) == 1 and item["rules"][0]["sites"] == []  # no site folder: the default policy
@@ -154,7 +155,7 @@ def test_under_secure_aggregation_the_rules_apply_to_the_published_totals(planne
     assert "a masked 0/1 saying whether any of the site's rows holds it" in section4
     risks = html[html.index('id="s8"') : html.index('id="s9"')]
     assert "complementary ranges" in risks and "one population per study" in risks
-    assert "nothing per site is in the clear but column kinds" in risks and "all 2 other pinned sites collude" in risks
+    assert "nothing per site is in the clear but column kinds" in risks and "all 2 sites it masks with collude" in risks
     assert "<code>workbench check PROTOCOL --site DIR…</code>" in html
 
 

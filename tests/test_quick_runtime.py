@@ -7,7 +7,6 @@ import zipfile
 from types import SimpleNamespace
 
 import flwr
-import pytest
 
 from hospital_node import supernode
 from workbench import quick_grid

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from analyses import fixed_point
-from hospital_node import masking
+from hospital_node import masking, steward
+from hospital_node.site import open_site
 from tests.conftest import NodeFolders, make_site, protocol_text, study
 from workbench.datasets import actg175, gbsg2_sites, lung_hospitals, lung_institutions, partition
 from workbench.errors import StudyError
@@ -247,12 +248,16 @@ def test_a_sparse_graph_sums_exactly_and_a_site_can_require_the_full_graph(tmp_p
     frames = partition(actg175(), 24)
     text = protocol_text('id = "d"\ntype = "describe"\nvariables = ["age", "karnof"]',
                          'id = "cox"\ntype = "cox"\nduration = "days"\nevent = "cens"\ncovariates = ["age", "cd40"]')  # fmt: skip
-    sparse, _ = study(_sites(tmp_path, frames, "sparse"), text, exchange=Recording)
+    sparse, runner = study(_sites(tmp_path, frames, "sparse"), text, exchange=Recording)
     assert set(Recording.graphs) == {SPARSE_GRAPH}
     clear, _ = study(_sites(tmp_path, frames, "clear"), text + "[privacy]\nsecure_aggregation = false\n")
     assert sparse == clear  # the same bits as in the clear
+    review = steward.preview(open_site(runner.folders["site-001"]), runner.protocol)
+    assert ("each site masks with 10 of the 23 others (a sparse graph drawn at random from the sites' signed keys); "
+            "this site's share is exposed only if the coordinator and all 10 of its neighbours collude") in review
     strict = _sites(tmp_path, frames, "strict")
     (strict[3] / "site.toml").write_text((strict[3] / "site.toml").read_text() + "full_masking_graph = true\n")
+    assert "every site masks with all 23 others" in steward.preview(open_site(strict[3]), runner.protocol)
     Recording.graphs = []
     full, _ = study(strict, text, exchange=Recording)
     assert set(Recording.graphs) == {FULL_GRAPH} and full == clear

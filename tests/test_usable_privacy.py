@@ -188,7 +188,9 @@ def test_totals_below_the_minimum_are_not_published(tmp_path):
         "(the sites' largest minimum count is 5)"
     )
     for curve in ("km_ecog", "lr_ecog"):  # one patient with ECOG 3: no curve or test of a single patient
-        assert results[curve]["error"].startswith("not published: patients per group: a cross-site total between 1 and 4")
+        assert results[curve]["error"].startswith(
+            "not published: patients per group: a cross-site total between 1 and 4"
+        )
     assert "error" not in results["baseline"]
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field
+
 from analyses import columns as col
 from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query

@@ -29,6 +29,7 @@ from hospital_node.site import Site
 from hospital_node.steward import conflicts, fingerprint, masked_study
 from workbench import results as results_module
 from workbench.errors import UserError
+from workbench.messages import FULL_GRAPH, SPARSE_GRAPH
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 from workbench.training_spec import TrainingSpec
@@ -145,12 +146,11 @@ def _sites(protocol: Protocol, sites: list[Site], results: dict[str, Any] | None
     return out
 
 
-def _aggregation(
-    protocol: Protocol, sites: list[Site], results: dict[str, Any] | None, masked: bool
-) -> dict[str, Any]:
+def _aggregation(protocol: Protocol, sites: list[Site], results: dict[str, Any] | None, masked: bool) -> dict[str, Any]:
     """Where the disclosure rules apply (each site's reply, or the published cross-site totals) and how far
     masking hides a site's share; after a run, as the run reports it."""
     summary = results["secure_aggregation"] if results else {}
+    graph = FULL_GRAPH if any(site.policy.full_masking_graph for site in sites) else SPARSE_GRAPH
     return {
         "masked": masked,
         "minimum_sites": masking.MINIMUM_SITES,
@@ -158,6 +158,8 @@ def _aggregation(
         "min_count": summary.get("min_count", max((site.policy.min_cell_count for site in sites), default=None)),
         "mode": summary.get("mode"),
         "other_sites": max(len(protocol.model.federation.sites) - 1, 0),
+        "graph": graph,
+        "neighbours": masking.degree(len(protocol.model.federation.sites), graph),
     }
 
 
