@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analyses import distributions
 from tests.conftest import federate, pooled
 
 
@@ -65,3 +66,17 @@ def test_ttest_equals_scipy(lung, gbsg):
     ref = stats.ttest_ind(g.pnodes[g.tgrade == "III"], g.pnodes[g.tgrade == "I"], equal_var=False)
     assert list(chosen["groups"]) == ["III", "I"]
     assert chosen["welch"]["statistic"] == pytest.approx(ref.statistic, abs=1e-10)
+
+
+def test_distributions_equal_scipy_stats():
+    """The p-value and quantile functions give scipy.stats' values to the bit (edges included)."""
+    rng = np.random.default_rng(0)
+    qs = np.concatenate([rng.random(500), [1e-300, 1e-12, 0.5, 0.975, 1 - 1e-16]])
+    xs = np.concatenate([rng.normal(0, 5, 500), rng.exponential(50, 200), [0.0, 1e-300, 40, -40, np.inf, -np.inf]])
+    for df in [1, 3.5, 57, 1e6]:
+        assert [distributions.t_ppf(q, df) for q in qs] == [float(stats.t.ppf(q, df)) for q in qs]
+        assert np.array_equal(distributions.t_sf(xs, df), stats.t.sf(xs, df))
+        assert [distributions.chi2_sf(x, df) for x in xs] == [float(stats.chi2.sf(x, df)) for x in xs]
+    assert [distributions.norm_ppf(q) for q in qs] == [float(stats.norm.ppf(q)) for q in qs]
+    assert np.array_equal(distributions.norm_sf(xs), stats.norm.sf(xs))
+    assert distributions.norm_sf(1.5) == stats.norm.sf(1.5)

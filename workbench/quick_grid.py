@@ -2,8 +2,9 @@
 
 Flower's own waits between pulls are fixed: 0.1 s on the simulation engine, 3 s on the
 deployment engine, so every round costs at least that much. This wrapper uses the Grid's public
-`push_messages` and `pull_messages` with a pull interval that starts at 5 ms and backs off to
-0.2 s while replies are slow to come; every other call goes to the wrapped Grid.
+`push_messages` and `pull_messages` with a pull interval that starts at 5 ms (again after each
+pull that brought replies) and backs off to 0.1 s while none come; every other call goes to the
+wrapped Grid.
 
 On the deployment engine a reply can be listed before all its objects reached the SuperLink, and
 Flower's Grid then asks for them again after 1 s, 2 s, 4 s …; `quick_object_pulls` (Flower
@@ -39,9 +40,9 @@ class QuickGrid:
             arrived = list(self._grid.pull_messages(pending))
             replies += arrived
             pending -= {message.metadata.reply_to_message_id for message in arrived}
+            interval = 0.005 if arrived else min(0.1, interval * 1.3)
             if pending:
                 time.sleep(interval)
-                interval = min(0.2, interval * 1.3)
         return replies
 
     def __getattr__(self, name: str) -> Any:

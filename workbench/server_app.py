@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,8 +78,10 @@ def make_server_app(
     progress: driver.Progress | None = None,
     training_progress: training.Progress | None = None,
     check: bool = False,
+    then: Callable[[StudyRun], Any] | None = None,
 ) -> ServerApp:
-    """A ServerApp for the embedded simulation: runs `protocol` (or only its dry run) and appends the outcome."""
+    """A ServerApp for the embedded simulation: runs `protocol` (or only its dry run) and appends the outcome
+    (the StudyRun, or what `then` returns for it)."""
     app = ServerApp()
 
     @app.main()
@@ -86,6 +89,7 @@ def make_server_app(
         if check:
             outcome.append(check_study(grid, protocol, sites))
         else:
-            outcome.append(run_study(grid, protocol, sites, progress, training_progress))
+            run = run_study(grid, protocol, sites, progress, training_progress)
+            outcome.append(then(run) if then else run)
 
     return app

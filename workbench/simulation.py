@@ -5,21 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.simulation import run_simulation
-
-from analyses.driver import Progress
-from hospital_node.client_app import make_client_app
 from workbench.errors import UserError
 from workbench.protocol import Protocol
-from workbench.server_app import StudyRun, make_server_app
 
 if TYPE_CHECKING:
+    from analyses.driver import Progress
     from workbench import training
+    from workbench.server_app import StudyRun
 
 
 def simulate(
@@ -28,9 +26,14 @@ def simulate(
     progress: Progress | None = None,
     training_progress: training.Progress | None = None,
     check: bool = False,
-) -> StudyRun | dict[str, Any]:
+    then: Callable[[StudyRun], Any] | None = None,
+) -> Any:
     """Run `protocol` with one node per site folder (or, with `check`, only its dry run: the verdicts);
-    raises StudyError if a site refuses or fails."""
+    raises StudyError if a site refuses or fails.
+
+    Returns the StudyRun, or what `then` (e.g. writing the results) returns for it: `then` runs as soon
+    as the study ends, while Flower and Ray stop.
+    """
     folders = [str(Path(folder).resolve()) for folder in site_folders]
     if not folders:
         raise UserError("no site folders given; pass --site DIR for each hospital")
@@ -40,22 +43,49 @@ def simulate(
     if len(set(folders)) != len(folders):
         raise UserError("the same site folder is given twice")
     outcome: list[Any] = []
-    server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check)
-    with _quiet():
+    with _quiet(), _ray():  # Ray first: its processes finish starting while Flower and the apps load
+        from flwr.simulation import run_simulation
+
+        from hospital_node.client_app import make_client_app
+        from workbench.server_app import make_server_app
+
+        server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check, then)
         run_simulation(
             server_app=server,
             client_app=make_client_app(folders),
             num_supernodes=len(folders),
-            backend_config={
-                "client_resources": {"num_cpus": 1},
-                "init_args": {
-                    "logging_level": logging.ERROR,
-                    "log_to_driver": False,
-                    "_system_config": {"max_direct_call_object_size": 4 * 2**20},
-                },
-            },
+            backend_config={"client_resources": {"num_cpus": 1}, "init_args": RAY},
         )
     return outcome[0]
+
+
+RAY: dict[str, Any] = {
+    "logging_level": logging.ERROR,
+    "log_to_driver": False,
+    "include_dashboard": False,
+    "_system_config": {"max_direct_call_object_size": 4 * 2**20},  # replies pass directly, not via the store
+}
+"""How the simulation starts Ray."""
+
+
+@contextlib.contextmanager
+def _ray() -> Iterator[None]:
+    """Start Ray for the simulation (Flower uses a Ray that is already running, and shuts it down).
+
+    Flower would start it with a runtime environment that only sets PYTHONPATH; without one, Ray
+    starts ~1 s sooner and its pre-started workers can host the node actors. The workers inherit
+    PYTHONPATH from this process instead.
+    """
+    import ray
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    if not ray.is_initialized():
+        ray.init(**RAY)
+    try:
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @contextlib.contextmanager
