@@ -25,9 +25,15 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest
 
+BASELINE ?= 0d77e7f
+
 bench: setup
 	$(BIN)/python bench/lossless.py
-	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/commands.py --baseline $(BASELINE)
+	$(BIN)/python bench/scaling.py --repeat 3 --baseline $(BASELINE)
+	$(BIN)/python bench/secure_aggregation.py --baseline $(BASELINE)
+	$(BIN)/python bench/deployment.py --baseline $(BASELINE)
+	$(BIN)/python bench/dp_training.py
 
 clean:
 	rm -rf $(VENV) out

@@ -5,14 +5,15 @@ ACTG 175 (2,139 real patients) is dealt at random into 5, 20, 67 and 200 site fo
 site count: wall time of the whole command (Python and Ray start included), time of
 the study itself (first round to last), rounds, and the peak resident memory of the
 command's whole process tree (Ray workers included, sampled every 50 ms); then the
-same suite in this process without Flower, and pooled lifelines on the same rows. Sites use the
+same suite in this process without Flower; first, pooled lifelines on the same rows, and the
+command's time as a multiple of it. Sites use the
 default policy (minimum count 5; under secure aggregation it applies to the published totals).
 
 With `--baseline REV`, the same site counts are then run by revision REV's own copy of this
 benchmark (checked out into a temporary git worktree, same Python environment), so a change is
 measured side by side with what it replaced.
 
-    python bench/scaling.py [--sites 5 20 67 200] [--baseline REV]
+    python bench/scaling.py [--sites 5 20 67 200] [--repeat N] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,17 +92,24 @@ def in_memory(rows, sites: int, study: protocols.Protocol) -> float:
 
 
 def pooled(rows) -> float:
-    started = time.perf_counter()
-    for _, group in rows.groupby("arms"):
-        KaplanMeierFitter().fit(group.days, group.cens)
-    multivariate_logrank_test(rows.days, rows.arms, rows.cens)
-    CoxPHFitter().fit(rows[["days", "cens", *COVARIATES]], "days", "cens")
-    return time.perf_counter() - started
+    """Median of 5 timed runs of the suite in lifelines on the pooled rows (after one untimed run)."""
+    seconds = []
+    for _ in range(6):
+        started = time.perf_counter()
+        for _, group in rows.groupby("arms"):
+            KaplanMeierFitter().fit(group.days, group.cens)
+        multivariate_logrank_test(rows.days, rows.arms, rows.cens)
+        CoxPHFitter().fit(rows[["days", "cens", *COVARIATES]], "days", "cens")
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[5, 20, 67, 200])
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per site count; the median run (by wall time) is shown"
+    )
     parser.add_argument("--baseline", metavar="REV", help="also run this git revision's benchmark, side by side")
     args = parser.parse_args()
     rows = actg175()
@@ -110,15 +119,18 @@ def main() -> None:
     print(f"# Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Flower simulation (Ray backend, 1 CPU per node); "
           "secure aggregation; nodes enforce the default policy, differencing guard and fsynced audit log")  # fmt: skip
-    print(
-        f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'study s':>8} {'peak MiB':>9} {'no-Flower s':>11}"
-    )
+    reference = pooled(rows)
+    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {reference:.3f} s", flush=True)
+    print(f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'× pooled':>8} {'study s':>8} {'peak MiB':>9} "
+          f"{'no-Flower s':>11}")  # fmt: skip
     for sites in args.sites:
-        with tempfile.TemporaryDirectory() as folder:
-            f = flower(rows, sites, Path(folder))
-        print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {f['study']:>8.1f} "
-              f"{f['peak_mb']:>9.0f} {f['in_memory']:>11.2f}", flush=True)  # fmt: skip
-    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {pooled(rows):.2f} s", flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as folder:
+                runs.append(flower(rows, sites, Path(folder)))
+        f = sorted(runs, key=lambda run: run["wall"])[len(runs) // 2]
+        print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {f['wall'] / reference:>8.0f} "
+              f"{f['study']:>8.1f} {f['peak_mb']:>9.0f} {f['in_memory']:>11.2f}", flush=True)  # fmt: skip
     if args.baseline:
         run_own_copy(args.baseline, "scaling.py", ["--sites", *map(str, args.sites)])
 

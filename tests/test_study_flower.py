@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from lifelines import KaplanMeierFitter
@@ -132,14 +134,28 @@ def test_flower_adds_no_error_to_the_in_memory_federation(demo):
 def test_site_order_does_not_change_a_single_bit(demo, tmp_path):
     out, results = demo
     sites = sorted((out / "sites").iterdir(), reverse=True)
-    done = workbench("run", out / "protocol.toml", *[arg for site in sites for arg in ("--site", site)],
-                     "--out", tmp_path / "reversed", "--quiet")  # fmt: skip
+    command = [sys.executable, "-m", "workbench.cli", "run", out / "protocol.toml",
+               *[arg for site in sites for arg in ("--site", site)], "--out", tmp_path / "reversed"]  # fmt: skip
+    # In a session of its own: the command ends with every process it started (Ray's) stopped.
+    with subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
+        stdout, stderr = process.communicate(timeout=300)
+    left = [p.info for p in psutil.process_iter(["pid", "name"]) if _session(p.pid) == process.pid]
+    assert left == [], left
+    assert "== km_sex" in stdout and "results: " in stderr and "Traceback" not in stderr
     rerun = json.loads((tmp_path / "reversed" / "results.json").read_text())
     assert rerun["analyses"] == results["analyses"]
     # The models were trained already: each site's ledger remembers, so the same training is not paid twice.
-    assert done.returncode == 1
+    assert process.returncode == 1
     for training in rerun["training"].values():
         assert "would bring the training's ε to" in training["error"] and "budget for it is spent" in training["error"]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def _assert_refused(done: subprocess.CompletedProcess[str], out: Path, *needles: str) -> str:
