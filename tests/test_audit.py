@@ -147,3 +147,27 @@ def test_steward_commands_approve_revoke_list_and_meter(tmp_path):
         "restricted cannot approve this protocol: analysis 'ages': the site's policy does not allow 'describe'"
         in blocked.stderr
     )
+
+
+LIGHT = """
+import json, sys
+from workbench.cli import main
+for command in json.loads(sys.argv[1]):
+    main(command)
+heavy = ("torch", "opacus", "monai", "scipy", "lifelines", "flwr", "ray", "streamlit")
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & set(heavy))))
+"""
+
+
+def test_the_light_commands_load_no_heavy_library(tmp_path):
+    """What keeps the steward's commands and `validate` quick: none of them imports torch, scipy, Flower …"""
+    folder = make_site(tmp_path / "hospital-2", lung_hospitals()["hospital-2"][1])
+    protocol = tmp_path / "study.toml"
+    protocol.write_text(protocol_text(DESCRIBE) + roster([folder]))
+    commands = [["validate", str(protocol)], ["node", "identity", "--site", str(folder)],
+                ["node", "approve", str(protocol), "--site", str(folder), "--yes"],
+                ["node", "audit", "verify", "--site", str(folder)], ["node", "approvals", "--site", str(folder)]]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", LIGHT, json.dumps(commands)], capture_output=True, text=True,
+                          check=False, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

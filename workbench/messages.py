@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
 
 from analyses.contract import Contribution, Query
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
 
 MESSAGE_TYPE = "query"
 
@@ -40,6 +42,8 @@ class Request:
     """A dry run: the node runs every gate for every analysis of the protocol and releases nothing."""
 
     def to_records(self) -> RecordDict:
+        from flwr.app import ConfigRecord, RecordDict  # Flower loads only where messages travel
+
         return RecordDict(
             {
                 "study": ConfigRecord(
@@ -91,6 +95,8 @@ class Reply:
     """Why the site answers nothing at all."""
 
     def to_records(self) -> RecordDict:
+        from flwr.app import ConfigRecord, RecordDict
+
         layout, blob = _pack(self.contributions)
         return RecordDict(
             {
