@@ -54,6 +54,11 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
             masking.study_key(identity_key(site), site.id, protocol.sha256, keys) if masked_round else (None, {})
         )
         neighbours = _neighbours(site, protocol, request, peers, offer) if peers else {}
+        if neighbours:
+            try:
+                masking.claim(keys, protocol.sha256, request.secure["tag"])
+            except ValueError as error:
+                raise SiteRefusal(str(error)) from None
         rows, contributions, refusals = (
             _contributions(site, protocol, request, audit, masked_round) if request.queries else (0, {}, {})
         )

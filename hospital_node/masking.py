@@ -83,6 +83,19 @@ _OFFERS: dict[tuple[bytes, str, str, bytes], dict[str, str]] = {}
 """Signed offers made by this process."""
 
 
+def claim(store: KeyStore, study: str, tag: str) -> None:
+    """Record that the study's key masks round attempt `tag`; ValueError if it masked that tag before.
+
+    The masks depend only on the key, the pair of sites and the tag: two different replies masked with
+    the same tag would show their difference to whoever received both.
+    """
+    name = f"{study}/tags"
+    used = (store.get(name) or b"").decode().split("\n")
+    if tag in used:
+        raise ValueError(f"round {tag} of this study was masked before; refusing to reuse its masks")
+    store.put(name, "\n".join([*filter(None, used), tag]).encode())
+
+
 def verify(offers: Mapping[str, dict[str, str]], pinned: Mapping[str, str], study: str) -> dict[str, bytes]:
     """Every offer's key, after checking its signature against the site's pinned identity key."""
     return dict(_verified(tuple((site, item["key"], item["signature"]) for site, item in offers.items()),

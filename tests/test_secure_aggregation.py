@@ -166,6 +166,21 @@ def test_a_coordinator_swapping_a_public_key_is_detected_by_the_nodes(tmp_path):
         study(folders, protocol_text('id = "d"\ntype = "describe"\nvariables = ["age"]'), exchange=SwapsAKey)
 
 
+class ReplaysARound(NodeFolders):
+    """A dishonest coordinator sends a masked round twice under the same tag (to difference the replies)."""
+
+    def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
+        if request.secure.get("mode") == "masked":
+            super().send(request, sites)
+        return super().send(request, sites)
+
+
+def test_a_coordinator_replaying_a_round_tag_is_refused_by_the_nodes(tmp_path):
+    folders = _sites(tmp_path, {k: rows for k, (_, rows) in lung_hospitals().items()}, "sites")
+    with pytest.raises(StudyError, match=r"round 1\.1 of this study was masked before; refusing to reuse its masks"):
+        study(folders, protocol_text('id = "d"\ntype = "describe"\nvariables = ["age"]'), exchange=ReplaysARound)
+
+
 def test_fewer_than_three_sites_follow_each_sites_policy(tmp_path):
     frames = {k: rows for k, (_, rows) in list(lung_hospitals().items())[:2]}
     describe = 'id = "d"\ntype = "describe"\nvariables = ["age"]'
