@@ -102,7 +102,7 @@ def reduce_contributions(replies: Iterable[tuple[str, Contribution]]) -> Contrib
                 limbs = fixed_point.total(fixed_point.encode(a) for a in arrays)
             except fixed_point.OutOfRange as error:
                 raise AnalysisError(f"'{key}': {error}; rescale the variable") from None
-            total[key] = fixed_point.decode(limbs, integer=all(a.dtype.kind in "iub" for a in arrays))
+            total[key] = fixed_point.decode(limbs, integer=all(fixed_point.is_count(a) for a in arrays))
         else:
             total[key] = np.unique(np.concatenate([a.ravel() for a in arrays]))
     return total

@@ -31,9 +31,14 @@ class OutOfRange(ValueError):
     """A value cannot be encoded (not finite, or too large)."""
 
 
+def is_count(values: np.ndarray) -> bool:
+    """Integer (or boolean) values: counts, summed as integers, masked as 64-bit words."""
+    return np.asarray(values).dtype.kind in "iub"
+
+
 def encode(values: np.ndarray) -> np.ndarray:
     """round(values · 2⁶⁴) (half to even) as limbs, shape values.shape + (2,) of uint64 (low, high)."""
-    if np.asarray(values).dtype.kind in "iub":  # counts: the value itself is the high limb (two's complement)
+    if is_count(values):  # counts: the value itself is the high limb (two's complement)
         whole = check_integers(values)
         return np.stack([np.zeros(whole.shape, dtype=np.uint64), whole.astype(np.uint64)], axis=-1)
     x = np.asarray(values, dtype=float)
@@ -62,13 +67,6 @@ def negate(limbs: np.ndarray) -> np.ndarray:
     low = ~limbs[..., 0] + _ONE
     high = ~limbs[..., 1] + (low == 0).astype(np.uint64)
     return np.stack([low, high], axis=-1)
-
-
-def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a + b modulo 2¹²⁸."""
-    low = a[..., 0] + b[..., 0]
-    carry = (low < a[..., 0]).astype(np.uint64)
-    return np.stack([low, a[..., 1] + b[..., 1] + carry], axis=-1)
 
 
 def total(parts: Iterable[np.ndarray]) -> np.ndarray:

@@ -90,7 +90,7 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
             offer=offer,
             masked=[f"{a}/{k}" for a, arrays in masked.items() for k in arrays],
             integers=[
-                f"{a}/{k}" for a, arrays in masked.items() for k in arrays if contributions[a][k].dtype.kind in "iub"
+                f"{a}/{k}" for a, arrays in masked.items() for k in arrays if fixed_point.is_count(contributions[a][k])
             ],
             policy=site.policy.published(),
         )

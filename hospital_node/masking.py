@@ -9,7 +9,8 @@ in the round's masking graph:
 - `full`: every other participant;
 - `sparse` (the default): a Harary graph — the participants in a random order, each joined to the
   ⌈log₂ N⌉ nearest on either side (degree 2⌈log₂ N⌉; the full graph when that reaches N − 1). The
-  order is drawn from a hash of all the verified, signed offers, so the coordinator cannot choose it.
+  order is drawn from a hash of all the verified, signed offers, so the coordinator cannot set it (it
+  could only re-draw it by declaring sites dropped, which every site's audit log records).
 
 Per neighbour a 32-byte seed comes from X25519 and HKDF-SHA256 (bound to the study and the pair);
 per round attempt and analysis it is expanded with ChaCha20 into one mask over that analysis'
@@ -157,7 +158,7 @@ def mask(
     )
     masked: dict[str, dict[str, np.ndarray]] = {}
     for analysis_id, contribution in contributions.items():
-        counts = sorted(name for name, value in contribution.items() if value.dtype.kind in "iub")
+        counts = sorted(name for name, value in contribution.items() if fixed_point.is_count(value))
         reals = sorted(name for name in contribution if name not in counts)
         whole = [fixed_point.check_integers(contribution[name]).astype(np.uint64) for name in counts]
         limbs = [fixed_point.encode(contribution[name]) for name in reals]

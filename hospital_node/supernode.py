@@ -6,7 +6,7 @@ fresh `flwr-clientapp` process (~1.5 s of imports) for every message. `workbench
 therefore runs, in one process:
 
 - Flower's SuperNode (`flower-supernode --isolation process`), whose waits are shortened: an idle
-  node pulls again after 50 ms for 15 s after its last message (a study's rounds follow each other
+  node pulls again after 100 ms for 15 s after its last message (a study's rounds follow each other
   closely), then backs off to Flower's 3 s; it checks for the reply every 20 ms, and retries a
   message object still on its way after 10 ms (Flower: 1 s, doubling);
 - in place of Flower's SuperExec, a worker thread that takes each task from the SuperNode's
@@ -79,7 +79,7 @@ class _Waits:
         self.idle = _Idle()
 
     def sleep(self, seconds: float) -> None:
-        if seconds >= 3:  # nothing to pull: 50 ms while a study is likely running, then back to Flower's 3 s
+        if seconds >= 3:  # nothing to pull: 100 ms while a study is likely running, then back to Flower's 3 s
             time.sleep(min(seconds, self.idle.wait(0.1)))
         else:  # waiting for the ClientApp's reply
             self.idle.reset()
@@ -181,7 +181,10 @@ def _work(address: str) -> None:
             time.sleep(0.2)
             continue
         if found.HasField("task") and found.token:
-            _task(flwr, address, found.token, app)
+            try:
+                _task(flwr, address, found.token, app)
+            except Exception:  # e.g. the runtime API gone mid-task: that task is lost, the worker serves on
+                log.exception("ClientApp task could not be completed")
             idle.reset()
             continue
         time.sleep(idle.wait(0.03, longest=1.0))
@@ -211,7 +214,11 @@ def _task(flwr: dict[str, Any], address: str, token: str, app: Any) -> None:
     finally:
         try:
             if reply is not None and context is not None:
-                flwr["push"](client, reply, context)
+                try:
+                    flwr["push"](client, reply, context)
+                except Exception as error:  # still report the task's end, so the SuperNode does not wait for it
+                    log.exception("the ClientApp's reply could not be pushed")
+                    status, details = flwr["SubStatus"].FAILED, f"{type(error).__name__}: {error}"
             flwr["output"](client, context, status, details)
         finally:
             heartbeat.stop()

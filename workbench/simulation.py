@@ -54,7 +54,7 @@ def simulate(
             server_app=server,
             client_app=make_client_app(folders),
             num_supernodes=len(folders),
-            backend_config={"client_resources": {"num_cpus": 1}, "init_args": RAY},
+            backend_config={"client_resources": {"num_cpus": 1}},  # Flower uses the Ray started above
         )
     return outcome[0]
 
@@ -73,14 +73,21 @@ def _ray() -> Iterator[None]:
     """Start Ray for the simulation (Flower uses a Ray that is already running, and shuts it down).
 
     Flower would start it with a runtime environment that only sets PYTHONPATH; without one, Ray
-    starts ~1 s sooner and its pre-started workers can host the node actors. The workers inherit
-    PYTHONPATH from this process instead.
+    starts ~1 s sooner and its node actors start faster. Ray's processes inherit PYTHONPATH from this
+    process instead (set while Ray starts, then restored).
     """
     import ray
 
-    os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-    if not ray.is_initialized():
-        ray.init(**RAY)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [before])])
+    try:
+        if not ray.is_initialized():
+            ray.init(**RAY)
+    finally:  # Ray's processes have their copy of the environment
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
     try:
         yield
     finally:
