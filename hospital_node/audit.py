@@ -53,14 +53,25 @@ class AuditLog:
     def __init__(self, state: Path) -> None:
         self.path = state / FILE
         self._lock_path = state / "audit.lock"
+        self._unsynced = False
+        """Entries this object wrote without forcing them to disk (see `append_many`)."""
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one entry durably and return it."""
         return self.append_many([(event, fields)])[0]
 
-    def append_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Write entries (event, fields) in order, durably, with one write and one fsync; return them."""
+    def append_many(self, events: list[tuple[str, dict[str, Any]]], durable: bool = True) -> list[dict[str, Any]]:
+        """Write entries (event, fields) in order with one write and return them.
+
+        Durable (the default): forced to disk with one fsync, which also commits every entry this
+        object wrote before with `durable=False` (even when `events` is empty). A node writes a request
+        entry non-durably before it reads any data, and makes it durable with what it releases, before
+        anything leaves.
+        """
         if not events:
+            if durable and self._unsynced:
+                _fsync(self.path)
+                self._unsynced = False
             return []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
@@ -84,11 +95,13 @@ class AuditLog:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(descriptor, lines)
-                os.fsync(descriptor)
+                if durable:
+                    os.fsync(descriptor)
             finally:
                 os.close(descriptor)
             if created:
-                _fsync_directory(self.path.parent)
+                _fsync(self.path.parent)
+        self._unsynced = not durable
         return written
 
     def entries(self) -> list[dict[str, Any]]:
@@ -177,7 +190,8 @@ def _tail(path: Path) -> bytes:
             chunk *= 4
 
 
-def _fsync_directory(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Force a file's (or a folder's) content to disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

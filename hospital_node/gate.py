@@ -32,16 +32,21 @@ class Admitted:
     protocol: Protocol
 
 
-def admit(folder: str | Path, sha256: str, text: str, round_number: int, requester: str, **details: Any) -> Admitted:
-    """Open the site, check its audit chain, log the request and return the approved protocol (or refuse)."""
+def admit(folder: str | Path, sha256: str, text: str, round_number: int, requester: str, durable: bool = True,
+          **details: Any) -> Admitted:  # fmt: skip
+    """Open the site, check its audit chain, log the request and return the approved protocol (or refuse).
+
+    With `durable=False` the request entry is written but not yet forced to disk: the caller's next
+    durable append (its release or refusal, before anything leaves) commits it.
+    """
     site = open_site(folder)
     audit = AuditLog(site.state)
     result = audit.verify()
     if not result.ok:
         raise SiteRefusal(f"the site's audit log is broken ({result.problem}); the node answers nothing until "
                           "its data steward investigates (workbench node audit verify)")  # fmt: skip
-    audit.append("request", protocol_sha256=sha256, study=study_id(text), round=round_number, requested_by=requester,
-                 **details)  # fmt: skip
+    request = {"protocol_sha256": sha256, "study": study_id(text), "round": round_number, "requested_by": requester}
+    audit.append_many([("request", {**request, **details})], durable=durable)
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != sha256:
         raise SiteRefusal("the protocol text does not match its SHA-256; refusing")
     if sha256 not in approvals.current(audit):

@@ -40,7 +40,7 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
     private_detail = ""
     try:
         admitted = admit(
-            folder, request.protocol_sha256, request.protocol_text, request.round, requester,
+            folder, request.protocol_sha256, request.protocol_text, request.round, requester, durable=False,
             queries={analysis_id: query.phase for analysis_id, query in request.queries.items()},
             aggregation={key: value for key, value in request.secure.items() if key != "peers"},
             **({"check": True} if request.check else {}),
@@ -70,7 +70,7 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
                 del contributions[analysis_id]
                 audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                              round=request.round, analysis=analysis_id, reason=reason)  # fmt: skip
-        audit.append_many([  # logged (fsynced) before anything leaves
+        audit.append_many([  # logged (fsynced, with the request) before anything leaves
             ("release", {"protocol_sha256": protocol.sha256, "study": protocol.model.study.id, "round": request.round,
                          "analysis": analysis_id, "phase": request.queries[analysis_id].phase, "rows": rows,
                          "items": items(sent), "digest": digest(sent), "masked": sorted(masked.get(analysis_id, {}))})

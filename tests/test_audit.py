@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hospital_node import audit
 from hospital_node.audit import AuditLog
 from tests.conftest import make_site, protocol_text, roster, study
 from workbench.datasets import lung_hospitals
@@ -113,6 +115,27 @@ def test_a_killed_writer_never_breaks_the_chain_or_loses_a_reported_entry(tmp_pa
         assert result.entries >= len(reported) > 0  # every entry reported written is there
         log.append("request", note="after the crash")
         assert log.verify().ok and not log.verify().incomplete_tail
+
+
+def test_a_request_is_forced_to_disk_with_the_release_that_answers_it(tmp_path, monkeypatch):
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(audit.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd)))
+
+    def log_syncs() -> int:
+        return sum(path.endswith(audit.FILE) for path in synced)
+
+    log = AuditLog(tmp_path)
+    log.append_many([("request", {"round": 1})], durable=False)
+    assert log_syncs() == 0 and log.verify().entries == 1  # written before any data is read, not yet forced
+    log.append_many([])  # nothing released: the request alone is committed
+    assert log_syncs() == 1
+    log.append_many([])
+    assert log_syncs() == 1
+    log.append_many([("request", {"round": 2})], durable=False)
+    log.append_many([("release", {"round": 2}), ("release", {"round": 2})])
+    assert log_syncs() == 2  # one fsync per answered request
+    assert log.verify().ok and log.verify().entries == 4
 
 
 def test_steward_commands_approve_revoke_list_and_meter(tmp_path):

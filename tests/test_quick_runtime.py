@@ -18,12 +18,25 @@ def test_the_installed_flower_is_the_tested_one_and_has_every_internal_the_quick
     assert supernode.problems() == ""
     assert quick_grid.quick_object_pulls() == ""
     assert quick_grid.quick_object_pulls() == ""  # applying it twice changes nothing
+    assert quick_grid.quick_pickup() == ""
+
+
+def test_the_quick_pickup_reads_the_simulations_message_store():
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.superlink.federation import NoOpFederationManager
+
+    state = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()).state()
+    assert quick_grid._waiting(state, [1, 2]) == set()  # an empty store, read directly (not every node asked)
+    assert quick_grid._waiting(object(), [1, 2]) == [1, 2]  # another store: every node is asked, as Flower does
 
 
 def test_another_flower_version_falls_back_to_stock_flower(monkeypatch):
     monkeypatch.setattr(flwr, "__version__", "1.99.0")
     assert supernode.problems() == f"Flower 1.99.0 is installed; the quick node runtime is tested with {FLOWER_TESTED}"
     assert quick_grid.quick_object_pulls().startswith("Flower 1.99.0 is installed")
+    assert quick_grid.quick_pickup().startswith("Flower 1.99.0 is installed")
 
 
 def _bundle(clientapp: str) -> bytes:

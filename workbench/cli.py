@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import sys
@@ -15,6 +16,8 @@ from workbench import nodes, protocol
 from workbench.errors import UserError
 
 if TYPE_CHECKING:
+    import psutil
+
     from analyses.contract import Query
     from workbench.server_app import StudyRun
 
@@ -49,9 +52,10 @@ def _exit_now(code: int) -> NoReturn:
     A finished study otherwise waits up to a second for Flower's threads, ~1.5 s for Ray to stop its
     processes one after another, and ~0.5 s for Python to tear down the objects Flower, Ray and
     pandas left in memory. Ray's processes hold nothing to save: they are killed as `ray stop
-    --force` does (asked to stop all at once, they wait for one another for seconds).
+    --force` does (asked to stop all at once, they wait for one another for seconds), and the
+    command returns once each has died. A dead process's exit status waits for its parent, or for
+    the system's init, to collect it (up to seconds): that is not waited for.
     """
-    import contextlib
     import logging
     import os
 
@@ -61,11 +65,24 @@ def _exit_now(code: int) -> NoReturn:
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.kill()
-    psutil.wait_procs(children, timeout=5)
+    deadline = time.monotonic() + 5
+    for child in children:
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.002)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Whether `process` still runs (a zombie has died; only its exit status remains)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,17 +9,27 @@ wrapped Grid.
 On the deployment engine a reply can be listed before all its objects reached the SuperLink, and
 Flower's Grid then asks for them again after 1 s, 2 s, 4 s …; `quick_object_pulls` (Flower
 internals, for the version the workbench is tested with) makes that 10 ms, capped at 0.2 s.
+
+On the simulation engine, Flower hands pushed messages to its node workers in a loop that asks
+the message store, node by node, for each node's next message (every ask walks the whole store:
+quadratic in the number of sites) and then waits 0.1 s. `quick_pickup` (Flower internals, same
+version) makes a pass walk the store once, ask only for the nodes with a message waiting, and wait
+5 ms.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+if TYPE_CHECKING:
+    from queue import Queue
 
 from workbench.messages import FLOWER_TESTED
 
@@ -62,3 +72,41 @@ def quick_object_pulls() -> str:
     if not isinstance(pulls, functools.partial):
         http_grid.pull_objects = functools.partial(pulls, initial_backoff=0.01, backoff_cap=0.2)  # type: ignore[attr-defined]
     return ""
+
+
+PICKUP_INTERVAL = 0.005
+"""Seconds between passes over the simulation's message store."""
+
+
+def quick_pickup() -> str:
+    """Hand the simulation's messages to its node workers quickly; "" or why not (another Flower version)."""
+    import flwr
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    if flwr.__version__ != FLOWER_TESTED:
+        return f"Flower {flwr.__version__} is installed; quick message pickup is tested with {FLOWER_TESTED}"
+    if not callable(getattr(vce_api, "add_messages_to_queue", None)) or not callable(
+        getattr(InMemoryLinkState, "get_message_ins", None)
+    ):
+        return "Flower's simulation no longer hands out messages where expected"
+    vce_api.add_messages_to_queue = _pick_up
+    return ""
+
+
+def _pick_up(state: Any, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event) -> None:
+    """Flower's `add_messages_to_queue`, with one walk of the store per pass and a 5 ms wait."""
+    while not f_stop.is_set():
+        for node_id in _waiting(state, nodes_mapping.keys()):
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+        f_stop.wait(PICKUP_INTERVAL)
+
+
+def _waiting(state: Any, nodes: Iterable[int]) -> Iterable[int]:
+    """The nodes with a message not yet handed out (all `nodes` if the store is not Flower's in-memory one)."""
+    store, lock = getattr(state, "message_ins_store", None), getattr(state, "lock", None)
+    if not isinstance(store, dict) or lock is None:
+        return nodes
+    with lock:
+        return {m.metadata.dst_node_id for m in store.values() if not m.metadata.delivered_at} & set(nodes)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,20 +45,51 @@ def simulate(
     if len(set(folders)) != len(folders):
         raise UserError("the same site folder is given twice")
     outcome: list[Any] = []
-    with _quiet(), _ray():  # Ray first: its processes finish starting while Flower and the apps load
-        from flwr.simulation import run_simulation
+    with _quiet():
+        loading = _Importing("flwr.simulation", "hospital_node.client_app", "workbench.server_app")
+        with _ray():  # while Ray starts (mostly waiting for its processes), Flower and the apps load
+            loading.join()
+            logging.getLogger("flwr").setLevel(logging.ERROR)  # importing Flower set its own level
+            from flwr.simulation import run_simulation
 
-        from hospital_node.client_app import make_client_app
-        from workbench.server_app import make_server_app
+            from hospital_node.client_app import make_client_app
+            from workbench.quick_grid import quick_pickup
+            from workbench.server_app import make_server_app
 
-        server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check, then)
-        run_simulation(
-            server_app=server,
-            client_app=make_client_app(folders),
-            num_supernodes=len(folders),
-            backend_config={"client_resources": {"num_cpus": 1}},  # Flower uses the Ray started above
-        )
+            problem = quick_pickup()
+            if problem:
+                print(f"simulation: {problem}; each round waits for Flower's own pickup", file=sys.stderr)
+
+            server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check, then)
+            run_simulation(
+                server_app=server,
+                client_app=make_client_app(folders),
+                num_supernodes=len(folders),
+                backend_config={"client_resources": {"num_cpus": 1}},  # Flower uses the Ray started above
+            )
     return outcome[0]
+
+
+class _Importing(threading.Thread):
+    """Imports modules in the background; `join` re-raises what the import raised."""
+
+    def __init__(self, *modules: str) -> None:
+        super().__init__(name="importing", daemon=True)
+        self.modules = modules
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for module in self.modules:
+                importlib.import_module(module)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            self.error = error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 RAY: dict[str, Any] = {
