@@ -74,6 +74,7 @@ def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
     certs, port, running = folder / "certs", free_port(), []
     subprocess.run(workbench("certs", "init", "--out", certs, "--sites", ",".join(s.name for s in sites)), check=True,
                    capture_output=True)  # fmt: skip
+    researcher = _researcher_key(certs)
 
     def start(command: list[str], log: Path) -> Path:
         running.append(
@@ -98,7 +99,8 @@ def measure(count: int, folder: Path) -> dict[str, dict[str, float]]:
             wait_for(log, "SuperNode ID")
         started = time.perf_counter()
         subprocess.run(workbench("run", folder / "protocol.toml", "--superlink", f"127.0.0.1:{port}", "--root-cert",
-                                 certs / "ca.crt", "--nodes", count, "--out", folder / "deployed", "--quiet"), check=True)  # fmt: skip
+                                 certs / "ca.crt", *researcher, "--nodes", count, "--out", folder / "deployed", "--quiet"),
+                       check=True)  # fmt: skip
         result["deployment"] = timings(folder / "deployed", time.perf_counter() - started)
     finally:
         for process in running:
@@ -129,3 +131,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _researcher_key(certs: Path) -> list[str | Path]:
+    """`--key FILE` for a researcher registered at the coordinator (revisions before researcher keys: nothing)."""
+    made = subprocess.run(workbench("certs", "researcher", "bench", "--out", certs / "researchers"),
+                          capture_output=True, check=False)  # fmt: skip
+    return ["--key", certs / "researchers" / "bench"] if made.returncode == 0 else []

@@ -4,9 +4,10 @@ ACTG 175 (2,139 real patients) is dealt at random into 5, 20, 67 and 200 site fo
 `workbench run` executes the suite on the Flower simulation engine. Printed per
 site count: wall time of the whole command (Python and Ray start included), time of
 the study itself (first round to last), rounds, and the peak resident memory of the
-command's whole process tree (Ray workers included, sampled every 50 ms); then the
-same suite in this process without Flower; first, pooled lifelines on the same rows, and the
-command's time as a multiple of it. Sites use the
+command's whole process tree (Ray workers included, sampled every 250 ms: walking the process table
+every 50 ms cost the measured command ~1 s on 2 cores); then the
+same suite in this process without Flower; pooled lifelines on the same rows, measured right
+before each run, and the median over the runs of the command's time as a multiple of it. Sites use the
 default policy (minimum count 5; under secure aggregation it applies to the published totals).
 
 With `--baseline REV`, the same site counts are then run by revision REV's own copy of this
@@ -43,7 +44,7 @@ from workbench.datasets import actg175, partition
 PROTOCOL = '[study]\nid = "actg175-scaling"\ntitle = "Survival suite on ACTG 175"\n' + SUITE
 
 
-def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.05) -> list[int]:
+def peak_tree_rss(process: subprocess.Popen[bytes], every: float = 0.25) -> list[int]:
     """Sample the process tree's total RSS until it exits; returns [peak bytes]."""
     peak = [0]
 
@@ -119,18 +120,22 @@ def main() -> None:
     print(f"# Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Flower simulation (Ray backend, 1 CPU per node); "
           "secure aggregation; nodes enforce the default policy, differencing guard and fsynced audit log")  # fmt: skip
-    reference = pooled(rows)
-    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {reference:.3f} s", flush=True)
+    references = [pooled(rows)]
+    print(f"pooled lifelines (KM per arm + log-rank + CoxPHFitter) on the same rows: {references[0]:.3f} s", flush=True)
     print(f"{'sites':>6} {'rows/site':>9} {'rounds':>6} {'command s':>9} {'× pooled':>8} {'study s':>8} {'peak MiB':>9} "
           f"{'no-Flower s':>11}")  # fmt: skip
     for sites in args.sites:
         runs = []
         for _ in range(args.repeat):
+            reference = pooled(rows)  # measured next to each run: the machine's speed drifts between runs
+            references.append(reference)
             with tempfile.TemporaryDirectory() as folder:
-                runs.append(flower(rows, sites, Path(folder)))
+                runs.append({**flower(rows, sites, Path(folder)), "reference": reference})
         f = sorted(runs, key=lambda run: run["wall"])[len(runs) // 2]
-        print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {f['wall'] / reference:>8.0f} "
+        ratio = statistics.median(run["wall"] / run["reference"] for run in runs)
+        print(f"{sites:>6} {len(rows) / sites:>9.1f} {f['rounds']:>6} {f['wall']:>9.1f} {ratio:>8.0f} "
               f"{f['study']:>8.1f} {f['peak_mb']:>9.0f} {f['in_memory']:>11.2f}", flush=True)  # fmt: skip
+    print(f"pooled lifelines, every measurement: {', '.join(f'{value:.3f}' for value in references)} s")
     if args.baseline:
         run_own_copy(args.baseline, "scaling.py", ["--sites", *map(str, args.sites)])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from hospital_node.exclusive import site_lock
 from hospital_node.gate import log_refusal
 from hospital_node.handler import answer
 from hospital_node.site import SiteError, open_site
@@ -31,7 +32,8 @@ def make_client_app(site_folders: Sequence[str] = ()) -> ClientApp:
     @app.query()
     def query(message: Message, context: Context) -> Message:
         keys = ContextKeys(context.state)
-        reply = answer(folder(context), Request.from_records(message.content), _requester(message), keys)
+        with site_lock(folder(context)):
+            reply = answer(folder(context), Request.from_records(message.content), _requester(message), keys)
         return Message(reply.to_records(), reply_to=message)
 
     @app.train()
@@ -57,17 +59,23 @@ def _training(message: Message, folder: str, work: Callable[[str, RecordDict, st
     """Run a training or evaluation round; a refusal goes back as a Flower error with its reason."""
     from hospital_node.train_handler import Refusals
 
-    try:
-        return Message(work(folder, message.content, _requester(message)), reply_to=message)
-    except Refusals as refusal:
-        config = message.content.config_records["config"]
-        log_refusal(folder, str(config["sha256"]), str(config["protocol"]), int(config["server-round"]),
-                    str(refusal), analysis=str(config["training"]))  # fmt: skip
-        return Message(error=Error(code=REFUSED, reason=f"site {_site_id(folder)}: {refusal}"), reply_to=message)
+    with site_lock(folder):  # the budget check, the training and the ledger entry: one at a time per site
+        try:
+            return Message(work(folder, message.content, _requester(message)), reply_to=message)
+        except Refusals as refusal:
+            config = message.content.config_records["config"]
+            log_refusal(folder, str(config["sha256"]), str(config["protocol"]), int(config["server-round"]),
+                        str(refusal), analysis=str(config["training"]))  # fmt: skip
+            return Message(error=Error(code=REFUSED, reason=f"site {_site_id(folder)}: {refusal}"), reply_to=message)
 
 
 def _requester(message: Message) -> str:
-    return f"Flower run {message.metadata.run_id}"
+    """Who asked: the researcher the coordinator authenticated (deployment), and the Flower run."""
+    run = f"Flower run {message.metadata.run_id}"
+    records = message.content.config_records
+    record = records.get("study") or records.get("config")
+    name = str(record.get("requested_by", "")) if record is not None else ""
+    return f"{name} ({run})" if name else run
 
 
 def _site_id(folder: str) -> str:

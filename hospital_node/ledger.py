@@ -27,8 +27,10 @@ from analyses.disclosure import Refused
 EVERY = "*"
 """Stands for every column (row sets recorded without their columns)."""
 
-_LOADED: dict[Path, dict[str, tuple[np.ndarray, set[str]]]] = {}
-"""Row sets and their columns read from disk, per ledger folder (this process)."""
+_LOADED: dict[Path, tuple[int, dict[str, tuple[np.ndarray, set[str]]]]] = {}
+"""Per ledger folder (this process): the size of the index when read, and the row sets and their columns.
+Read again whenever the index has changed size: another process (another study's request at this
+site) may have recorded a row set since."""
 
 
 class Ledger:
@@ -70,11 +72,14 @@ class Ledger:
                  "time": datetime.now(UTC).isoformat(), **context}  # fmt: skip
         with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
             index.write(json.dumps(entry) + "\n")
+        # What this process wrote is in `known` already (callers hold the site lock: no one else wrote meanwhile).
+        _LOADED[self.folder] = ((self.folder / "index.jsonl").stat().st_size, known)
 
     def _sets(self) -> dict[str, tuple[np.ndarray, set[str]]]:
-        if self.folder not in _LOADED:
+        index = self.folder / "index.jsonl"
+        size = index.stat().st_size if index.exists() else 0
+        if _LOADED.get(self.folder, (-1, {}))[0] != size:
             about: dict[str, set[str]] = {}
-            index = self.folder / "index.jsonl"
             if index.exists():
                 for line in index.read_text(encoding="utf-8").splitlines():
                     try:
@@ -83,8 +88,9 @@ class Ledger:
                         continue
                     about.setdefault(entry["digest"], set()).update(entry.get("columns", [EVERY]))
             files = sorted(self.folder.glob("*.npy")) if self.folder.exists() else []
-            _LOADED[self.folder] = {path.stem: (np.load(path), about.get(path.stem, {EVERY})) for path in files}
-        return _LOADED[self.folder]
+            sets = {path.stem: (np.load(path), about.get(path.stem, {EVERY})) for path in files}
+            _LOADED[self.folder] = (size, sets)
+        return _LOADED[self.folder][1]
 
 
 def _digest(rows: np.ndarray) -> str:

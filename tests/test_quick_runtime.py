@@ -76,3 +76,18 @@ def test_the_quick_grid_pulls_until_every_reply_arrived():
     grid = quick_grid.QuickGrid(Slow())  # type: ignore[arg-type]
     replies = grid.send_and_receive([object(), object(), object()], timeout=5)
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1", "m2"] and grid.pulls == 3
+
+
+def test_the_quick_grid_does_not_wait_for_a_message_the_superlink_would_not_store():
+    class NodeLeft:
+        """A Grid that could not store the message to a node that just left (Flower returns no id for it)."""
+
+        def push_messages(self, messages):
+            return ["m0", "", "m2"]
+
+        def pull_messages(self, ids):
+            assert "" not in ids  # Flower 1.42 fails the whole pull for an id it does not hold
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in sorted(ids)]
+
+    replies = quick_grid.QuickGrid(NodeLeft()).send_and_receive([object(), object(), object()], timeout=60)  # type: ignore[arg-type]
+    assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m2"]

@@ -1,7 +1,9 @@
 """What the dashboard needs from the workbench, in one place (the UI reads and writes only through here).
 
 A *workspace* folder holds the researcher's draft protocol, the local site folders (for the
-embedded simulation) and every run:
+embedded simulation) and every run. Pointed at a deployed federation (`workbench ui --superlink`),
+the dashboard runs and checks studies there instead, as the researcher whose key it was given, and
+every run's outputs come back into the same run folders:
 
 ```
 workspace/
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -141,6 +144,58 @@ def roster(folders: list[Path]) -> dict[str, str]:
     return {open_site(folder).id: identity_line(open_site(folder)) for folder in folders}
 
 
+@dataclass(frozen=True)
+class Federation:
+    """A deployed federation the dashboard works on, and the researcher's key it signs with."""
+
+    superlink: str
+    root_cert: Path
+    key: Path
+
+    def arguments(self) -> list[str]:
+        """The CLI's arguments for it."""
+        return ["--superlink", self.superlink, "--root-cert", str(self.root_cert), "--key", str(self.key)]
+
+    def describe(self) -> str:
+        return f"SuperLink {self.superlink} (TLS, CA {self.root_cert.name}), as researcher {self.key.name}"
+
+
+FEDERATION = ("WORKBENCH_SUPERLINK", "WORKBENCH_ROOT_CERT", "WORKBENCH_RESEARCHER_KEY")
+"""Environment variables `workbench ui --superlink` sets for the dashboard."""
+
+
+def federation() -> Federation | None:
+    """The federation the dashboard was pointed at, or None (local site folders, embedded simulation)."""
+    superlink, root_cert, key = (os.environ.get(name, "") for name in FEDERATION)
+    return Federation(superlink, Path(root_cert), Path(key)) if superlink else None
+
+
+def connected_sites(protocol: Protocol, document: dict[str, Any]) -> pd.DataFrame:
+    """The hospitals that answered a dry run on the federation: site id, the identity-key fingerprint
+    the protocol pins for it, whether it approved this protocol, and what it would compute."""
+    pinned = protocol.model.federation.sites
+    rows = []
+    for site, answers in sorted(document["sites"].items()):
+        whole = answers.get("*", "")
+        refused = [name for name, reason in answers.items() if reason and name != "*"]
+        rows.append({
+            "site": site,
+            "identity key (pinned, SHA-256)": fingerprint(pinned[site]) if site in pinned else "not pinned",
+            "approved": not ("not approved" in whole),
+            "verdict": whole or (f"would refuse {', '.join(refused)}" if refused else "would compute everything"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def fingerprint(line: str) -> str:
+    """An OpenSSH public key line's fingerprint, as `ssh-keygen -l` shows it (SHA256:…)."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def site_status(folder: Path, protocol: Protocol | None) -> dict[str, Any]:
     """A site as its steward's tools see it: policy, approval of `protocol`, budget, usage, audit."""
     site = open_site(folder)
@@ -174,18 +229,14 @@ def approve(folder: Path, protocol: Protocol, by: str) -> None:
     approvals.approve(open_site(folder), protocol, by=by)
 
 
-def start_run(workspace: Path, protocol: Protocol, folders: list[Path]) -> Path:
-    """Run the study on the embedded simulation in a separate process; return its run folder."""
+def start_run(workspace: Path, protocol: Protocol, folders: list[Path], on: Federation | None = None) -> Path:
+    """Run the study on the embedded simulation at `folders` (or on the federation `on`) in a separate
+    process; return its run folder."""
     run = workspace / "runs" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     run.mkdir(parents=True)
     (run / "protocol.toml").write_text(protocol.text, encoding="utf-8")
-    arguments = [
-        "run",
-        str(run / "protocol.toml"),
-        *[a for f in folders for a in ("--site", str(f))],
-        "--out",
-        str(run / "out"),
-    ]
+    where = on.arguments() if on else [a for f in folders for a in ("--site", str(f))]
+    arguments = ["run", str(run / "protocol.toml"), *where, "--out", str(run / "out")]
     (run / "job.json").write_text(json.dumps({"arguments": arguments}))
     with open(run / "log.txt", "w") as log:
         subprocess.Popen([sys.executable, "-m", "workbench.job", str(run)], stdout=log, stderr=subprocess.STDOUT,
@@ -193,7 +244,7 @@ def start_run(workspace: Path, protocol: Protocol, folders: list[Path]) -> Path:
     return run
 
 
-def dry_run(protocol: Protocol, folders: list[Path]) -> dict[str, Any]:
+def dry_run(protocol: Protocol, folders: list[Path], on: Federation | None = None) -> dict[str, Any]:
     """`workbench check --json` at these site folders, in a separate process (the Flower simulation stays out of
     the dashboard): the mode, per site per analysis "" (would compute) or why it would refuse ("*": the site
     would answer nothing), and the limits. Nothing is released; each site logs the check in its audit log.
@@ -203,8 +254,8 @@ def dry_run(protocol: Protocol, folders: list[Path]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "protocol.toml"
         path.write_text(protocol.text, encoding="utf-8")
-        sites = [a for f in folders for a in ("--site", str(f))]
-        command = [sys.executable, "-m", "workbench.cli", "check", str(path), *sites, "--json"]
+        where = on.arguments() if on else [a for f in folders for a in ("--site", str(f))]
+        command = [sys.executable, "-m", "workbench.cli", "check", str(path), *where, "--json"]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True) as process:  # fmt: skip
             try:
@@ -282,6 +333,15 @@ def runs(workspace: Path) -> list[Path]:
 
 def results(run: Path) -> dict[str, Any]:
     return json.loads((run / "out" / "results.json").read_text())
+
+
+def audit_heads(results: dict[str, Any]) -> pd.DataFrame:
+    """Per site of a run: its audit chain head when it last answered, and what it recorded for the study."""
+    return pd.DataFrame([
+        {"site": site["id"], "audit head": site.get("audit_head", ""), "queries": site.get("usage", {}).get("queries"),
+         "releases": site.get("usage", {}).get("releases"), "refusals": site.get("usage", {}).get("refusals")}
+        for site in results.get("sites", [])
+    ])  # fmt: skip
 
 
 def audit(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -57,7 +58,6 @@ def _exit_now(code: int) -> NoReturn:
     the system's init, to collect it (up to seconds): that is not waited for.
     """
     import logging
-    import os
 
     import psutil
 
@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--workspace", type=Path, default=Path("workbench-workspace"), help="draft, site folders and runs")
     ui.add_argument("--port", type=int, default=8501)
     ui.add_argument("--roles", type=Path, help="TOML file mapping users to roles (default: one local researcher)")
+    ui.add_argument("--superlink", metavar="HOST:PORT", help="work on this deployed federation (not local folders)")
+    ui.add_argument("--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate")
+    ui.add_argument("--key", type=Path, metavar="FILE", default=os.environ.get("WORKBENCH_RESEARCHER_KEY"),
+                    help="with --superlink: your researcher key (default: $WORKBENCH_RESEARCHER_KEY)")  # fmt: skip
     ui.set_defaults(command=_ui)
 
     certs = commands.add_parser("certs", help="keys and certificates for a deployment")
@@ -122,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     certs_node.add_argument("--site", required=True, help="the site id")
     certs_node.add_argument("--out", type=Path, required=True, help="folder for the key pair")
     certs_node.set_defaults(command=_certs_node)
+    certs_researcher = certs_steps.add_parser(
+        "researcher", help="a researcher's key pair: the private half for the researcher, the .pub for the coordinator"
+    )
+    certs_researcher.add_argument("name", help="the researcher's name (what every site's audit log records)")
+    certs_researcher.add_argument("--out", type=Path, required=True, help="folder for the key pair")
+    certs_researcher.set_defaults(command=_certs_researcher)
 
     coordinator = commands.add_parser("coordinator", help="the coordinator's SuperLink")
     coordinator_steps = coordinator.add_subparsers(required=True, metavar="ACTION")
@@ -199,6 +209,10 @@ def _federation_arguments(command: argparse.ArgumentParser) -> None:
         "--root-cert", type=Path, metavar="FILE", help="with --superlink: the federation CA certificate"
     )
     command.add_argument(
+        "--key", type=Path, metavar="FILE", default=os.environ.get("WORKBENCH_RESEARCHER_KEY"),
+        help="with --superlink: your researcher key (default: $WORKBENCH_RESEARCHER_KEY)",
+    )  # fmt: skip
+    command.add_argument(
         "--nodes", type=int, default=0, help="with --superlink: wait for this many nodes (default: all connected)"
     )
     command.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a round's replies")
@@ -208,23 +222,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.superlink:
         from workbench import deployment
 
-        if args.root_cert is None:
-            raise UserError("--superlink needs --root-cert FILE (the federation's CA certificate)")
-        document = deployment.run_remote(args.protocol, args.superlink, args.root_cert, args.out, args.nodes,
+        _remote_arguments(args)
+        document = deployment.run_remote(args.protocol, args.superlink, args.root_cert, args.key, args.out, args.nodes,
                                          args.timeout, args.quiet)  # fmt: skip
         return _report(document, args.out / "results.json", args.quiet)
     study = protocol.load(args.protocol)
     return _execute(study, args.sites, args.out, quiet=args.quiet, exit_when_written=args.program)
 
 
+def _remote_arguments(args: argparse.Namespace) -> None:
+    if args.root_cert is None:
+        raise UserError("--superlink needs --root-cert FILE (the federation's CA certificate)")
+    if args.key is None:
+        raise UserError("--superlink needs --key FILE (your researcher key; the coordinator's operator makes one "
+                        "with workbench certs researcher NAME and registers its .pub)")  # fmt: skip
+    args.key = Path(args.key)
+
+
 def _check(args: argparse.Namespace) -> int:
     if args.superlink:
         from workbench import deployment
 
-        if args.root_cert is None:
-            raise UserError("--superlink needs --root-cert FILE (the federation's CA certificate)")
+        _remote_arguments(args)
         study = protocol.load(args.protocol)
-        document = deployment.check_remote(args.protocol, args.superlink, args.root_cert, args.nodes, args.timeout)
+        document = deployment.check_remote(args.protocol, args.superlink, args.root_cert, args.key, args.nodes,
+                                           args.timeout)  # fmt: skip
     else:
         from workbench.simulation import simulate
 
@@ -238,7 +260,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    import os
     import subprocess
     from importlib import resources
 
@@ -246,6 +267,16 @@ def _ui(args: argparse.Namespace) -> int:
     environment = {**os.environ, "WORKBENCH_WORKSPACE": str(args.workspace.resolve())}
     if args.roles:
         environment["WORKBENCH_ROLES"] = str(args.roles.resolve())
+    if args.superlink:
+        _remote_arguments(args)
+        for path in (args.root_cert, args.key):
+            if not path.is_file():
+                raise UserError(f"{path}: not found")
+        from workbench.api import FEDERATION
+
+        superlink, root_cert, key = FEDERATION
+        environment.update({superlink: args.superlink, root_cert: str(args.root_cert.resolve()),
+                            key: str(args.key.resolve())})  # fmt: skip
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false"]  # fmt: skip
     print(f"dashboard: http://localhost:{args.port} (workspace {args.workspace})", file=sys.stderr)
@@ -267,6 +298,15 @@ def _certs_node(args: argparse.Namespace) -> int:
 
     private, public = certs.node_key(args.out, args.site)
     print(f"wrote {private} (keep it at the hospital) and {public} (send it to the coordinator for nodes/)")
+    return 0
+
+
+def _certs_researcher(args: argparse.Namespace) -> int:
+    from workbench import researchers
+
+    private, public = researchers.new_key(args.out, args.name)
+    print(f"wrote {private} (for the researcher only: it signs their studies) and {public} (for the "
+          "coordinator's certs/researchers/)")  # fmt: skip
     return 0
 
 

@@ -8,6 +8,7 @@ dial out to the SuperLink's single port. `workbench run --superlink` submits the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,11 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from hospital_node.site import SiteError, open_site
-from workbench import results
+from workbench import handback, researchers, results, sealed
 from workbench.errors import StudyError, UserError
 from workbench.protocol import parse
 from workbench.quick_grid import quick_object_pulls
@@ -36,26 +38,59 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
-    """The coordinator's side of a deployed study (run by the SuperLink's SuperExec)."""
+    """The coordinator's side of a deployed study (run by the SuperLink's SuperExec).
+
+    Runs only a request signed by a researcher registered at this coordinator; the outputs go back
+    sealed to that request's reply key through the run's log (`workbench.handback`), never to a path
+    the submitter names.
+    """
     config = context.run_config
-    status = Path(str(config["status"]))
     problem = quick_object_pulls()
     if problem:
         print(f"coordinator: {problem}; replies wait for Flower's own retries", flush=True)
+    check = bool(config.get("check"))
     try:
         protocol = parse(str(config["protocol"]), source=str(config["protocol_name"]))
-        sites = int(config["sites"]) or _connected(grid)
-        if config.get("check"):
-            status.write_text(
-                json.dumps({"ok": True, "check": check_study(grid, protocol, sites, float(config["timeout"]))})
-            )
-            return
-        run = run_study(grid, protocol, sites, _log, _log_training, float(config["timeout"]))
-        document = results.build(protocol, run, engine="flower-deployment")
-        results.write(document, Path(str(config["out"])), run)
-        status.write_text(json.dumps({"ok": True}))
-    except UserError as error:
-        status.write_text(json.dumps({"error": str(error)}))
+        request = json.loads(str(config.get("request") or "{}"))
+        if not os.environ.get(RESEARCHERS) or not os.environ.get(STATE):
+            raise UserError("this SuperLink was not started with workbench coordinator start, so it knows no "
+                            "researcher keys")  # fmt: skip
+        researcher = researchers.authenticate(
+            Path(os.environ[RESEARCHERS]), Path(os.environ[STATE]), request, protocol.sha256,
+            "check" if check else "run",
+        )  # fmt: skip
+        recipient = base64.b64decode(str(request["reply_key"]))
+    except (UserError, KeyError, ValueError) as error:
+        _emit("error", f"the coordinator refused the request: {error}".encode())
+        return
+    print(f"coordinator: study '{protocol.model.study.id}' requested by {researcher}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="workbench-study-") as name:
+        out = Path(name)
+        try:
+            sites = int(config["sites"]) or _connected(grid)
+            timeout = float(config["timeout"])
+            if check:
+                status: dict[str, Any] = {"ok": True, "check": check_study(grid, protocol, sites, timeout, researcher)}
+            else:
+                run = run_study(grid, protocol, sites, _log, _log_training, timeout, researcher)
+                document = results.build(protocol, run, engine="flower-deployment")
+                results.write({**document, "requested_by": researcher}, out, run)
+                status = {"ok": True}
+        except UserError as error:
+            status = {"error": str(error)}
+        (out / STATUS).write_text(json.dumps(status))
+        _emit("sealed", sealed.seal(handback.pack(out), recipient))
+
+
+RESEARCHERS, STATE = "WORKBENCH_RESEARCHERS", "WORKBENCH_COORDINATOR_STATE"
+"""Set by `workbench coordinator start` for its ServerApps: the researcher keys folder, the coordinator's state."""
+STATUS = "status.json"
+
+
+def _emit(kind: str, payload: bytes) -> None:
+    for line in handback.frames(kind, payload):
+        sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def _connected(grid: Grid, settle: float = 8.0) -> int:
@@ -122,7 +157,10 @@ def start_coordinator(certs: Path, host: str, port: int, state: Path) -> int:
         "--host", host, "--port", str(port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
-    superlink = subprocess.Popen(command, env=_environment(FLWR_HOME=str(state / "flwr-home")))
+    known = researchers.registered(certs / "researchers")
+    environment = _environment(FLWR_HOME=str(state / "flwr-home"), **{RESEARCHERS: str((certs / "researchers").resolve()),
+                               STATE: str(state.resolve())})  # fmt: skip
+    superlink = subprocess.Popen(command, env=environment)
     try:
         _wait_for_port(host, port, superlink)
         home = connection_home(state / "flwr-cli", f"{host}:{port}", files["ca.crt"])
@@ -132,7 +170,9 @@ def start_coordinator(certs: Path, host: str, port: int, state: Path) -> int:
             if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
                 raise UserError(f"registering {key.name} failed: {(done.stdout + done.stderr).strip()[-300:]}")
         names = ", ".join(key.stem for key in keys)
-        print(f"coordinator: SuperLink on {host}:{port} (TLS, node authentication); registered: {names}", flush=True)
+        print(f"coordinator: SuperLink on {host}:{port} (TLS, node authentication); registered: {names}; "
+              f"researchers: {', '.join(sorted(known.values())) or 'none (add keys with workbench certs researcher)'}",
+              flush=True)  # fmt: skip
         return superlink.wait()
     finally:
         if superlink.poll() is None:
@@ -166,49 +206,80 @@ def start_node(site: Path, superlink: str, root_cert: Path, key: Path, port: int
 
 
 def run_remote(
-    protocol_path: Path, superlink: str, root_cert: Path, out: Path, sites: int, timeout: float, quiet: bool
+    protocol_path: Path, superlink: str, root_cert: Path, key: Path, out: Path, sites: int, timeout: float, quiet: bool
 ) -> dict[str, Any]:
-    """Submit the study to a running federation, stream its log, and return its results document."""
-    _submit(protocol_path, superlink, root_cert, {"out": str(out.resolve()), "sites": sites, "timeout": timeout}, quiet)
+    """Submit the study to a running federation as the researcher holding `key`, follow its log, and
+    unpack what comes back into `out`; returns its results document."""
+    with tempfile.TemporaryDirectory(prefix="workbench-outputs-") as name:
+        back = Path(name)
+        _submit(protocol_path, superlink, root_cert, key, {"sites": sites, "timeout": timeout}, quiet, back)
+        (back / STATUS).unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(back.iterdir()):
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            shutil.move(str(entry), target)
     return json.loads((out / "results.json").read_text())
 
 
-def check_remote(protocol_path: Path, superlink: str, root_cert: Path, sites: int, timeout: float) -> dict[str, Any]:
+def check_remote(
+    protocol_path: Path, superlink: str, root_cert: Path, key: Path, sites: int, timeout: float
+) -> dict[str, Any]:
     """A dry run on a running federation: every connected site's verdict per analysis (nothing released)."""
-    outcome = _submit(protocol_path, superlink, root_cert, {"check": True, "sites": sites, "timeout": timeout}, True)
-    return outcome["check"]
+    with tempfile.TemporaryDirectory(prefix="workbench-outputs-") as name:
+        config = {"check": True, "sites": sites, "timeout": timeout}
+        return _submit(protocol_path, superlink, root_cert, key, config, True, Path(name))["check"]
 
 
 def _submit(
-    protocol_path: Path, superlink: str, root_cert: Path, config: dict[str, Any], quiet: bool
+    protocol_path: Path, superlink: str, root_cert: Path, key: Path, config: dict[str, Any], quiet: bool, back: Path
 ) -> dict[str, Any]:
-    """Run the study app on the federation with `flwr run` and the given run config; its status document."""
+    """Run the study app on the federation with `flwr run`, signed with the researcher's `key`; unpack the
+    sealed outputs into `back` and return their status document."""
     text = protocol_path.read_text(encoding="utf-8") if protocol_path.is_file() else ""
     protocol = parse(text, source=protocol_path.name) if text else None
     if protocol is None:
         raise UserError(f"{protocol_path}: protocol file not found")
-    if not root_cert.is_file():
-        raise UserError(f"{root_cert}: root certificate not found")
+    for path, what in ((root_cert, "root certificate"), (key, "researcher key")):
+        if not path.is_file():
+            raise UserError(f"{path}: {what} not found")
+    private, public = sealed.reply_key()
+    request = researchers.sign(key, protocol.sha256, public, "check" if config.get("check") else "run")
     with tempfile.TemporaryDirectory(prefix="workbench-run-") as name:
         folder = Path(name)
         app = folder / "app"
         app.mkdir()
         shutil.copy(resources.files("workbench").joinpath("flower_app/pyproject.toml"), app / "pyproject.toml")
-        status = folder / "status.json"
-        overrides = {"protocol": protocol.text, "protocol_name": protocol_path.name, "status": str(status),
+        overrides = {"protocol": protocol.text, "protocol_name": protocol_path.name, "request": json.dumps(request),
                      **config, "timeout": float(config["timeout"])}  # fmt: skip
-        (folder / "run.toml").write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in overrides.items()))
+        (folder / "run.toml").write_text("".join(f"{k} = {json.dumps(value)}\n" for k, value in overrides.items()))
         home = connection_home(folder / "flwr-home", superlink, root_cert)
         command = [_tool("flwr"), "run", str(app), CONNECTION, "--run-config", str(folder / "run.toml"), "--stream"]
-        done = subprocess.run(command, env=_environment(FLWR_HOME=str(home)), text=True,
-                              stdout=subprocess.PIPE if quiet else sys.stderr, stderr=subprocess.STDOUT)  # fmt: skip
-        if not status.exists():
-            detail = (done.stdout or "").strip()[-500:] if quiet else "see the log above"
-            raise StudyError(f"the study did not run on {superlink} (flwr run exited with {done.returncode}; {detail})")
-        outcome = json.loads(status.read_text())
+        shown: list[str] = []
+        reader = handback.Reader(shown.append if quiet else _progress)
+        with subprocess.Popen(command, env=_environment(FLWR_HOME=str(home)), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as flwr:  # fmt: skip
+            for line in flwr.stdout or []:
+                reader.feed(line)
+    if "error" in reader.payloads:
+        raise StudyError(reader.payloads["error"].decode())
+    if "sealed" not in reader.payloads:
+        detail = "; ".join(reader.problems) or "".join(shown).strip()[-500:] or "see the log above"
+        raise StudyError(f"the study did not run on {superlink} (flwr run exited with {flwr.returncode}; {detail})")
+    try:
+        handback.unpack(sealed.unseal(reader.payloads["sealed"], private), back)
+    except InvalidTag:
+        raise StudyError("the outputs that came back do not open with this submission's key; nothing written") from None
+    outcome = json.loads((back / STATUS).read_text())
     if "error" in outcome:
         raise StudyError(outcome["error"])
     return outcome
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(line)
+    sys.stderr.flush()
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

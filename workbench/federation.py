@@ -284,19 +284,22 @@ def _check(replies: list[Reply]) -> None:
 class FlowerExchange(SiteExchange):
     """Rounds as Flower messages to the nodes of a Grid."""
 
-    def __init__(self, grid: Grid, nodes: Sequence[int], protocol: Protocol, timeout: float) -> None:
+    def __init__(
+        self, grid: Grid, nodes: Sequence[int], protocol: Protocol, timeout: float, requester: str = ""
+    ) -> None:
         super().__init__(protocol, len(nodes))
-        self.grid, self.nodes, self.timeout = grid, list(nodes), timeout
+        self.grid, self.nodes, self.timeout, self.requester = grid, list(nodes), timeout, requester
         self.node_of: dict[str, int] = {}
 
     def send(self, request: Request, sites: list[str] | None) -> tuple[list[Reply], dict[str, str]]:
         targets = self.nodes if sites is None else [self.node_of[site] for site in sites]
         messages = [
             Message(
-                request.to_records(), dst_node_id=node, message_type=MESSAGE_TYPE, group_id=request.secure.get("tag")
+                request.to_records(self.requester), dst_node_id=node, message_type=MESSAGE_TYPE,
+                group_id=request.secure.get("tag"),
             )
             for node in targets
-        ]
+        ]  # fmt: skip
         answers = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
         site_of = {node: site for site, node in self.node_of.items()}
         replies, failures = [], {}

@@ -41,7 +41,8 @@ class Request:
     check: bool = False
     """A dry run: the node runs every gate for every analysis of the protocol and releases nothing."""
 
-    def to_records(self) -> RecordDict:
+    def to_records(self, requester: str = "") -> RecordDict:
+        """The message content; `requester` names the researcher the coordinator authenticated."""
         from flwr.app import ConfigRecord, RecordDict  # Flower loads only where messages travel
 
         return RecordDict(
@@ -54,6 +55,7 @@ class Request:
                         "queries": json.dumps({k: q.to_json() for k, q in self.queries.items()}),
                         "secure": json.dumps(self.secure),
                         "check": self.check,
+                        "requested_by": requester,
                     }
                 )
             }

@@ -42,7 +42,9 @@ class QuickGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Push `messages`, then pull until every reply arrived or `timeout` seconds passed."""
-        pending = set(self._grid.push_messages(messages))
+        # A message the SuperLink would not store (its node left, e.g. stopped) has no id and never a reply;
+        # asking for it would make every pull fail (Flower 1.42 looks each asked id up in its store).
+        pending = {message_id for message_id in self._grid.push_messages(messages) if message_id}
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         interval = 0.005

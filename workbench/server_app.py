@@ -42,13 +42,17 @@ def run_study(
     progress: driver.Progress | None = None,
     training_progress: training.Progress | None = None,
     timeout: float = 600.0,
+    requester: str = "",
 ) -> StudyRun:
-    """Run `protocol` once `sites` nodes are connected: the statistics (sharing rounds), then each training."""
+    """Run `protocol` once `sites` nodes are connected: the statistics (sharing rounds), then each training.
+
+    `requester`: the authenticated researcher, named to every node (its audit log records it).
+    """
     grid = QuickGrid(grid)  # type: ignore[assignment]
     run = StudyRun()
     nodes = wait_for_nodes(grid, sites, timeout)
     started = time.perf_counter()
-    exchange = FlowerExchange(grid, nodes, protocol, timeout)
+    exchange = FlowerExchange(grid, nodes, protocol, timeout, requester)
     plans = {analysis_id: registry.plan(spec, protocol.levels) for analysis_id, spec in protocol.analyses.items()}
     run.analyses = driver.run(plans, exchange, progress)
     run.sites, run.refusals = exchange.replies, exchange.refusals
@@ -58,15 +62,19 @@ def run_study(
         from workbench import training  # torch, MONAI and Opacus load only for studies that train
     for spec in protocol.model.training:
         scaling = run.analyses.get(spec.scaling_id)
-        run.training[spec.id] = training.run(grid, len(nodes), protocol, spec, scaling, training_progress, timeout)
+        run.training[spec.id] = training.run(
+            grid, len(nodes), protocol, spec, scaling, training_progress, timeout, requester
+        )
     run.seconds = time.perf_counter() - started
     return run
 
 
-def check_study(grid: Grid, protocol: Protocol, sites: int, timeout: float = 600.0) -> dict[str, Any]:
+def check_study(
+    grid: Grid, protocol: Protocol, sites: int, timeout: float = 600.0, requester: str = ""
+) -> dict[str, Any]:
     """A dry run once `sites` nodes are connected: every site's verdict per analysis, nothing released."""
     grid = QuickGrid(grid)  # type: ignore[assignment]
-    exchange = FlowerExchange(grid, wait_for_nodes(grid, sites, timeout), protocol, timeout)
+    exchange = FlowerExchange(grid, wait_for_nodes(grid, sites, timeout), protocol, timeout, requester)
     verdicts = exchange.check()
     return {"mode": exchange.mode, "sites": verdicts, "limits": exchange.limits().__dict__}
 

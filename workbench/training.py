@@ -105,14 +105,13 @@ class TrainingRun:
 
 def run(
     grid: Grid, nodes: int, protocol: Protocol, spec: TrainingSpec, scaling: dict[str, Any] | None,
-    progress: Progress | None = None, timeout: float = 3600.0,
+    progress: Progress | None = None, timeout: float = 3600.0, requester: str = "",
 ) -> TrainingRun:  # fmt: skip
     """Train `spec` over the connected nodes; `scaling` is the describe of a table training's features."""
     record = TrainingRun(spec)
     mean, sd = _scaling(spec, scaling)
-    config = ConfigRecord(
-        {"protocol": protocol.text, "sha256": protocol.sha256, "training": spec.id, "mean": mean, "sd": sd}
-    )
+    config = ConfigRecord({"protocol": protocol.text, "sha256": protocol.sha256, "training": spec.id, "mean": mean,
+                           "sd": sd, "requested_by": requester})  # fmt: skip
     strategy = _strategy(spec, nodes, record, progress)
     initial = ArrayRecord(models.build(spec.architecture, len(spec.features)).state_dict())
     try:

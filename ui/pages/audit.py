@@ -8,6 +8,17 @@ from ui import state
 from workbench import api
 
 st.title("Audit")
+if api.federation() is not None:
+    st.caption("On a federation each hospital's audit log stays at its node (its steward reads it with "
+               "`workbench node audit verify`). Each run records every site's audit chain head when it answered: "
+               "the steward can check the log still leads to it, so a deleted tail shows.")  # fmt: skip
+    finished = [run for run in api.runs(state.workspace()) if (run / "out" / "results.json").exists()]
+    if not finished:
+        st.info("No finished run yet.")
+        st.stop()
+    run = st.selectbox("Run", finished, format_func=lambda p: f"run {p.name}", key="audit-run")
+    st.dataframe(api.audit_heads(api.results(run)), width="stretch", hide_index=True)
+    st.stop()
 folders = api.site_folders(state.workspace())
 if not folders:
     st.info("No site folders in the workspace.")

@@ -7,11 +7,37 @@ import streamlit as st
 
 from ui import state
 from workbench import api
+from workbench.errors import UserError
 
 st.title("Sites")
 workspace = state.workspace()
 folders = api.site_folders(workspace)
 protocol, problem = state.protocol()
+federation = api.federation()
+if federation is not None:
+    st.caption(f"Federation: {federation.describe()}")
+    if protocol is None:
+        st.error(f"The draft protocol is not valid: {problem}. Fix it in the Study designer.")
+        st.stop()
+    st.write("Each hospital's data steward approves the protocol at their node "
+             f"(`workbench node approve protocol.toml`, SHA-256 `{protocol.sha256[:12]}…`). Ask the connected "
+             "hospitals where they stand: a dry run, in which nothing is released and each site logs the check.")  # fmt: skip
+    if st.button("Ask the connected hospitals (dry run)"):
+        with st.spinner("Asking every connected hospital (nothing is released)…"):
+            try:
+                st.session_state.connected = {
+                    "sha256": protocol.sha256,
+                    "document": api.dry_run(protocol, [], federation),
+                }
+            except UserError as error:
+                st.session_state.connected = {"sha256": protocol.sha256, "error": str(error)}
+    connected = st.session_state.get("connected")
+    if connected and connected["sha256"] == protocol.sha256:
+        if "error" in connected:
+            st.error(f"The federation could not be asked: {connected['error']}")
+        else:
+            st.dataframe(api.connected_sites(protocol, connected["document"]), width="stretch", hide_index=True)
+    st.stop()
 if not folders:
     st.info(f"No site folders in {workspace / 'sites'} yet.")
     if st.button("Create the demo hospitals (NCCTG lung cancer, 5 sites)"):
