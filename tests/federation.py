@@ -11,6 +11,46 @@ import sys
 import time
 from pathlib import Path
 
+PROTOCOL = """
+[study]
+id = "deployed"
+title = "Lung survival on the deployment engine"
+
+[cohort]
+table = "patients"
+
+[variables]
+sex = { levels = [1, 2] }
+
+[[analysis]]
+id = "baseline"
+type = "describe"
+variables = ["age"]
+
+[[analysis]]
+id = "km_sex"
+type = "kaplan_meier"
+duration = "time"
+event = "status"
+group = "sex"
+
+[[analysis]]
+id = "cox"
+type = "cox"
+duration = "time"
+event = "status"
+covariates = ["age", "sex", "ph.ecog"]
+
+[[analysis]]
+id = "cox_within_hospital"
+type = "cox"
+duration = "time"
+event = "status"
+covariates = ["age", "sex", "ph.ecog"]
+strata = ["site"]
+"""
+"""Lung survival: describe, Kaplan–Meier by sex, Cox pooled and within hospital (all lung demo sites compute it)."""
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -15,38 +15,12 @@ import urllib.request
 import pytest
 
 from tests.conftest import roster
-from tests.federation import Processes, free_port, start_coordinator, start_node, wait_for, workbench
+from tests.federation import PROTOCOL, Processes, free_port, start_coordinator, start_node, wait_for, workbench
 from tests.test_dashboard_browser import ARTIFACTS, CHROMIUM, _idle, _page, _shot
 from workbench import api, demo
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 playwright = pytest.importorskip("playwright.sync_api")
-
-PROTOCOL = """
-[study]
-id = "dashboard-federation"
-title = "Lung survival from the researcher's dashboard, on the federation"
-
-[cohort]
-table = "patients"
-
-[variables]
-sex = { levels = [1, 2] }
-
-[[analysis]]
-id = "km_sex"
-type = "kaplan_meier"
-duration = "time"
-event = "status"
-group = "sex"
-
-[[analysis]]
-id = "cox"
-type = "cox"
-duration = "time"
-event = "status"
-covariates = ["age", "sex"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +85,17 @@ def evidence(request, page, deployed):
             print(f"{name} log:", deployed["processes"].log(name)[-3000:], sep="\n")
 
 
+def _go(page, name: str) -> None:
+    """Open a page from the sidebar. Now and then Streamlit's sidebar briefly lists the page files instead
+    of the app's navigation; a user reloads, and so does the test."""
+    try:
+        page.get_by_role("link", name=name).wait_for(timeout=15_000)
+    except playwright.Error:
+        page.reload()
+        _idle(page)
+    _page(page, name)
+
+
 def _ask(page) -> None:
     page.get_by_role("button", name="Ask the connected hospitals (dry run)").click()
     _idle(page)
@@ -118,7 +103,7 @@ def _ask(page) -> None:
 
 
 def test_the_researchers_dashboard_runs_a_study_on_the_deployed_federation(page, deployed):
-    _page(page, "Sites")
+    _go(page, "Sites")
     page.get_by_text("Federation: SuperLink 127.0.0.1:").wait_for()
     _ask(page)
     page.get_by_text("is not approved at this site", exact=False).first.wait_for(state="attached")
@@ -131,24 +116,24 @@ def test_the_researchers_dashboard_runs_a_study_on_the_deployed_federation(page,
     page.get_by_text("would compute everything").first.wait_for(state="attached", timeout=180_000)
     _shot(page, "federation-sites-approved")
 
-    _page(page, "Run")
+    _go(page, "Run")
     page.get_by_role("button", name="Check (dry run)").click()
     page.get_by_text("will compute", exact=True).first.wait_for(state="attached", timeout=180_000)
     page.get_by_role("button", name="Run on the federation").click()
     page.get_by_text("Finished: see Results.").wait_for(timeout=300_000)
     _shot(page, "federation-run")
 
-    _page(page, "Results")
+    _go(page, "Results")
     page.get_by_role("heading", name="km_sex · kaplan_meier").wait_for()
     page.get_by_role("heading", name="cox · cox").wait_for()
     _shot(page, "federation-results")
 
-    _page(page, "Audit")
+    _go(page, "Audit")
     page.get_by_text("audit chain head").first.wait_for(state="attached")
     page.get_by_text("hospital-2").first.wait_for(state="attached")
     _shot(page, "federation-audit")
 
-    _page(page, "Ethics export")
+    _go(page, "Ethics export")
     page.get_by_role("combobox", name="Export for", exact=True).click()
     page.get_by_role("option").nth(1).click()  # the run that came back
     _idle(page)

@@ -20,49 +20,11 @@ from hospital_node import approvals
 from hospital_node.audit import AuditLog
 from hospital_node.site import open_site
 from tests.conftest import roster
-from tests.federation import Processes, free_port, start_coordinator, start_node, wait_for, workbench
+from tests.federation import PROTOCOL, Processes, free_port, start_coordinator, start_node, wait_for, workbench
 from workbench import demo
 from workbench.protocol import parse
 
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
-PROTOCOL = """
-[study]
-id = "deployed"
-title = "Lung survival on the deployment engine"
-
-[cohort]
-table = "patients"
-
-[variables]
-sex = { levels = [1, 2] }
-
-[[analysis]]
-id = "baseline"
-type = "describe"
-variables = ["age"]
-
-[[analysis]]
-id = "km_sex"
-type = "kaplan_meier"
-duration = "time"
-event = "status"
-group = "sex"
-
-[[analysis]]
-id = "cox"
-type = "cox"
-duration = "time"
-event = "status"
-covariates = ["age", "sex", "ph.ecog"]
-
-[[analysis]]
-id = "cox_within_hospital"
-type = "cox"
-duration = "time"
-event = "status"
-covariates = ["age", "sex", "ph.ecog"]
-strata = ["site"]
-"""
 
 SECOND = """
 [study]

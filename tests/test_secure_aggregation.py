@@ -268,8 +268,10 @@ def test_a_sparse_graph_sums_exactly_and_a_site_can_require_the_full_graph(tmp_p
     clear, _ = study(_sites(tmp_path, frames, "clear"), text + "[privacy]\nsecure_aggregation = false\n")
     assert sparse == clear  # the same bits as in the clear
     review = steward.preview(open_site(runner.folders["site-001"]), runner.protocol)
-    assert ("each site masks with 10 of the 23 others (a sparse graph drawn at random from the sites' signed keys); "
-            "this site's share is exposed only if the coordinator and all 10 of its neighbours collude") in review
+    assert (
+        "each site masks with 10 of the 23 others (a sparse graph drawn at random from the sites' signed keys); "
+        "this site's share is exposed only if the coordinator and all 10 of its neighbours collude"
+    ) in review
     strict = _sites(tmp_path, frames, "strict")
     (strict[3] / "site.toml").write_text((strict[3] / "site.toml").read_text() + "full_masking_graph = true\n")
     assert "every site masks with all 23 others" in steward.preview(open_site(strict[3]), runner.protocol)

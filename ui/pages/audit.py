@@ -15,13 +15,15 @@ if api.federation() is not None:
     finished = [run for run in api.runs(state.workspace()) if (run / "out" / "results.json").exists()]
     if not finished:
         st.info("No finished run yet.")
-        st.stop()
-    run = st.selectbox("Run", finished, format_func=lambda p: f"run {p.name}", key="audit-run")
-    st.dataframe(api.audit_heads(api.results(run)), width="stretch", hide_index=True)
-    st.stop()
-folders = api.site_folders(state.workspace())
+    else:
+        run = st.selectbox("Run", finished, format_func=lambda p: f"run {p.name}", key="audit-run")
+        st.dataframe(api.audit_heads(api.results(run)), width="stretch", hide_index=True)
+    folders = []
+else:
+    folders = api.site_folders(state.workspace())
 if not folders:
-    st.info("No site folders in the workspace.")
+    if api.federation() is None:
+        st.info("No site folders in the workspace.")
     st.stop()
 folder = st.selectbox("Site", folders, format_func=lambda p: p.name, key="audit-site")
 summary, entries = api.audit(folder)
