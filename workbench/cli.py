@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -13,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from workbench import nodes, protocol
 from workbench.errors import UserError
 
 if TYPE_CHECKING:
     import psutil
 
     from analyses.contract import Query
+    from workbench.protocol import Protocol
     from workbench.server_app import StudyRun
 
 # Commands import what they need when they run: validate and the steward's `node` commands stay light
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.command(args))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -73,6 +74,18 @@ def _exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _load(path: Path) -> Protocol:
+    from workbench import protocol
+
+    return protocol.load(path)
+
+
+def _fail_now(error: UserError) -> NoReturn:
+    """Report a user error and end the command at once (Ray's processes, maybe still starting, with it)."""
+    print(f"error: {error}", file=sys.stderr)
+    _exit_now(EXIT_USER_ERROR)
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -189,13 +202,20 @@ def _parser() -> argparse.ArgumentParser:
     node_start.add_argument("--key", type=Path, required=True, metavar="FILE", help="this node's private key")
     node_start.add_argument("--port", type=int, default=9094, help="the node's local ClientApp port")
     node_start.set_defaults(command=_node_start)
-    for command, handler in ((approve, nodes.approve), (revoke, nodes.revoke), (approvals_list, nodes.approvals),
-                             (usage, nodes.usage), (verify, nodes.verify), (identity, nodes.identity),
-                             (privacy, nodes.privacy)):  # fmt: skip
+    for command, handler in ((approve, "approve"), (revoke, "revoke"), (approvals_list, "approvals"),
+                             (usage, "usage"), (verify, "verify"), (identity, "identity"),
+                             (privacy, "privacy")):  # fmt: skip
         command.add_argument("--site", type=Path, required=True, metavar="DIR", help="the site folder")
         command.add_argument("--by", default=getpass.getuser(), help="who acts (recorded in the audit log)")
-        command.set_defaults(command=handler)
+        command.set_defaults(command=functools.partial(_node_command, handler))
     return parser
+
+
+def _node_command(name: str, args: argparse.Namespace) -> int:
+    """A steward's `workbench node …` command (`workbench.nodes`, imported only for these)."""
+    from workbench import nodes
+
+    return getattr(nodes, name)(args)
 
 
 def _federation_arguments(command: argparse.ArgumentParser) -> None:
@@ -226,7 +246,15 @@ def _run(args: argparse.Namespace) -> int:
         document = deployment.run_remote(args.protocol, args.superlink, args.root_cert, args.key, args.out, args.nodes,
                                          args.timeout, args.quiet)  # fmt: skip
         return _report(document, args.out / "results.json", args.quiet)
-    study = protocol.load(args.protocol)
+    if args.program:  # a command of its own: Ray starts now, while the protocol's code, Flower and the apps load
+        from workbench import simulation
+
+        def check() -> None:  # a bad protocol or site folder ends the command at once
+            _load(args.protocol)
+            simulation.check_folders(args.sites)
+
+        simulation.start_early(check, _fail_now)
+    study = _load(args.protocol)
     return _execute(study, args.sites, args.out, quiet=args.quiet, exit_when_written=args.program)
 
 
@@ -244,10 +272,13 @@ def _check(args: argparse.Namespace) -> int:
         from workbench import deployment
 
         _remote_arguments(args)
+        from workbench import protocol
+
         study = protocol.load(args.protocol)
         document = deployment.check_remote(args.protocol, args.superlink, args.root_cert, args.key, args.nodes,
                                            args.timeout)  # fmt: skip
     else:
+        from workbench import protocol
         from workbench.simulation import simulate
 
         study = protocol.load(args.protocol)
@@ -327,6 +358,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     sites = demo.build_sites(out / "sites")
+    from workbench import protocol
+
     protocol_path = out / "protocol.toml"
     protocol_path.write_text(demo.protocol_text() + demo.roster(sites), encoding="utf-8")
     study = protocol.load(protocol_path)
@@ -351,6 +384,8 @@ def _export_ethics(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from workbench import protocol
+
     study = protocol.load(args.protocol)
     print(f"{args.protocol}: valid; sha256 {study.sha256}")
     for analysis_id, spec in study.analyses.items():
@@ -358,7 +393,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _execute(study: protocol.Protocol, sites: Sequence[Path], out: Path, quiet: bool,
+def _execute(study: Protocol, sites: Sequence[Path], out: Path, quiet: bool,
              exit_when_written: bool = False) -> int:  # fmt: skip
     """Run the study on the simulation, write and print its results; with `exit_when_written`, the
     program ends right then (the study is over: Flower and Ray need not wind down first)."""

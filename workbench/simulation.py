@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UserError
-from workbench.protocol import Protocol
 
 if TYPE_CHECKING:
     from analyses.driver import Progress
     from workbench import training
+    from workbench.protocol import Protocol
     from workbench.server_app import StudyRun
 
 
@@ -36,17 +36,10 @@ def simulate(
     Returns the StudyRun, or what `then` (e.g. writing the results) returns for it: `then` runs as soon
     as the study ends, while Flower and Ray stop.
     """
-    folders = [str(Path(folder).resolve()) for folder in site_folders]
-    if not folders:
-        raise UserError("no site folders given; pass --site DIR for each hospital")
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise UserError(f"{folder}: site folder not found")
-    if len(set(folders)) != len(folders):
-        raise UserError("the same site folder is given twice")
+    folders = check_folders(site_folders)
     outcome: list[Any] = []
     with _quiet():
-        loading = _Importing("flwr.simulation", "hospital_node.client_app", "workbench.server_app")
+        loading = _Importing(*PRELOAD)
         with _ray():  # while Ray starts (mostly waiting for its processes), Flower and the apps load
             loading.join()
             logging.getLogger("flwr").setLevel(logging.ERROR)  # importing Flower set its own level
@@ -70,19 +63,42 @@ def simulate(
     return outcome[0]
 
 
-class _Importing(threading.Thread):
-    """Imports modules in the background; `join` re-raises what the import raised."""
+def check_folders(site_folders: Sequence[str | Path]) -> list[str]:
+    """The site folders as absolute paths; UserError if none, one is missing, or one is given twice."""
+    folders = [str(Path(folder).resolve()) for folder in site_folders]
+    if not folders:
+        raise UserError("no site folders given; pass --site DIR for each hospital")
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise UserError(f"{folder}: site folder not found")
+    if len(set(folders)) != len(folders):
+        raise UserError("the same site folder is given twice")
+    return folders
 
-    def __init__(self, *modules: str) -> None:
+
+class _Importing(threading.Thread):
+    """Imports modules in the background, running `then` once the first is loaded; `join` re-raises what
+    they raised, except a UserError of `then`, which goes to `fail` at once when one is given."""
+
+    def __init__(
+        self, *modules: str, then: Callable[[], object] | None = None, fail: Callable[[UserError], object] | None = None
+    ) -> None:
         super().__init__(name="importing", daemon=True)
-        self.modules = modules
+        self.modules, self.then, self.fail = modules, then, fail
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            for module in self.modules:
+            for number, module in enumerate(self.modules):
                 importlib.import_module(module)
+                if number == 0 and self.then is not None:
+                    self.then()
+        except UserError as error:
+            if self.fail is None:
+                self.error = error
+            else:
+                self.fail(error)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             self.error = error
 
@@ -101,14 +117,38 @@ RAY: dict[str, Any] = {
 """How the simulation starts Ray."""
 
 
+PRELOAD = ("workbench.protocol", "flwr.simulation", "hospital_node.client_app", "workbench.server_app")
+"""What a simulated study needs beyond Ray: loaded while Ray starts."""
+
+
+def start_early(check: Callable[[], object], fail: Callable[[UserError], object]) -> None:
+    """Start Ray now, loading the protocol's code, Flower and the apps meanwhile, then `check` (e.g. reading
+    the protocol); a UserError of `check` goes to `fail` at once, while Ray may still be starting. A command
+    that will run a study calls this first; `simulate` then uses this Ray."""
+    with _quiet():
+        loading = _Importing(*PRELOAD, then=check, fail=fail)
+        _start_ray()
+        loading.join()
+
+
 @contextlib.contextmanager
 def _ray() -> Iterator[None]:
-    """Start Ray for the simulation (Flower uses a Ray that is already running, and shuts it down).
+    """Ray for the simulation, started here unless it runs already; shut down afterwards (Flower uses a
+    Ray that is already running, and shuts it down)."""
+    import ray
 
-    Flower would start it with a runtime environment that only sets PYTHONPATH; without one, Ray
-    starts ~1 s sooner and its node actors start faster. Ray's processes inherit PYTHONPATH from this
-    process instead (set while Ray starts, then restored).
-    """
+    _start_ray()
+    try:
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _start_ray() -> None:
+    """Start Ray unless it runs. Flower would start it with a runtime environment that only sets PYTHONPATH;
+    without one, Ray starts ~1 s sooner and its node actors start faster. Ray's processes inherit PYTHONPATH
+    from this process instead (set while Ray starts, then restored)."""
     import ray
 
     before = os.environ.get("PYTHONPATH")
@@ -121,11 +161,6 @@ def _ray() -> Iterator[None]:
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = before
-    try:
-        yield
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 @contextlib.contextmanager
