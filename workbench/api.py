@@ -17,6 +17,8 @@ workspace/
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -189,9 +191,6 @@ def connected_sites(protocol: Protocol, document: dict[str, Any]) -> pd.DataFram
 
 def fingerprint(line: str) -> str:
     """An OpenSSH public key line's fingerprint, as `ssh-keygen -l` shows it (SHA256:…)."""
-    import base64
-    import hashlib
-
     blob = base64.b64decode(line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 

@@ -53,10 +53,10 @@ def init(folder: Path, sites: Sequence[str], hosts: Sequence[str]) -> list[Path]
         .sign(ca_key, hashes.SHA384())
     )
     written = [
-        _secret(folder / "ca.key", _pem(ca_key)),
-        _public(folder / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM)),
-        _secret(folder / "superlink.key", _pem(server_key)),
-        _public(folder / "superlink.crt", server_cert.public_bytes(serialization.Encoding.PEM)),
+        write_secret(folder / "ca.key", _pem(ca_key)),
+        write_public(folder / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM)),
+        write_secret(folder / "superlink.key", _pem(server_key)),
+        write_public(folder / "superlink.crt", server_cert.public_bytes(serialization.Encoding.PEM)),
     ]
     for site in sites:
         written += node_key(folder / "nodes", site)
@@ -72,7 +72,7 @@ def node_key(folder: Path, site: str) -> list[Path]:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())  # fmt: skip
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return [_secret(folder / site, private), _public(folder / f"{site}.pub", public + b"\n")]
+    return [write_secret(folder / site, private), write_public(folder / f"{site}.pub", public + b"\n")]
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
@@ -101,13 +101,14 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _secret(path: Path, data: bytes) -> Path:
+def write_secret(path: Path, data: bytes) -> Path:
+    """Write a private key: mode 0600, never over an existing file."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as stream:
         stream.write(data)
     return path
 
 
-def _public(path: Path, data: bytes) -> Path:
+def write_public(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

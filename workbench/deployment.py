@@ -214,12 +214,7 @@ def run_remote(
         back = Path(name)
         _submit(protocol_path, superlink, root_cert, key, {"sites": sites, "timeout": timeout}, quiet, back)
         (back / STATUS).unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(back.iterdir()):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            shutil.move(str(entry), target)
+        handback.place(back, out)
     return json.loads((out / "results.json").read_text())
 
 

@@ -43,16 +43,22 @@ def unpack(data: bytes, out: Path) -> list[Path]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             archive.extractall(staging, filter="data")  # no absolute paths, links or devices
-        written = []
-        for entry in sorted(staging.iterdir()):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-            written.append(target)
-        return written
+        return place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def place(folder: Path, out: Path) -> list[Path]:
+    """Move everything in `folder` into `out`, replacing what `out` holds under the same names; return it."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in sorted(folder.iterdir()):
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        shutil.move(entry, target)
+        written.append(target)
+    return written
 
 
 def frames(kind: str, payload: bytes) -> Iterable[str]:

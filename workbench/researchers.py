@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from workbench.certs import write_public, write_secret
 from workbench.errors import UserError
 
 MAX_SKEW = 300
@@ -43,11 +44,7 @@ def new_key(folder: Path, name: str) -> list[Path]:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                             serialization.NoEncryption())  # fmt: skip
-    descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(pem)
-    public.write_text(_line(key.public_key()) + "\n", encoding="utf-8")
-    return [private, public]
+    return [write_secret(private, pem), write_public(public, (_line(key.public_key()) + "\n").encode())]
 
 
 def sign(key_path: Path, protocol_sha256: str, reply_key: bytes, purpose: str) -> dict[str, str]:
