@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser postgres demo test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ browser:
 		|| { command -v sudo >/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; } \
 		|| echo "chromium could not be installed: the browser tests will be skipped"
 
-test: setup browser
+# Debian's PostgreSQL server for the tests against a real database (tests/postgres.py starts throwaway ones).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		sudo=$$([ "$$(id -u)" -ne 0 ] && command -v sudo); \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq postgresql; } \
+		|| echo "PostgreSQL could not be installed: the PostgreSQL tests will be skipped"
+
+test: setup browser postgres
 	$(BIN)/python -m pytest
 
 BASELINE ?= 0d77e7f

@@ -128,7 +128,7 @@ def _contributions(
             audit.append("refusal", protocol_sha256=protocol.sha256, study=protocol.model.study.id,
                          round=request.round, analysis=analysis_id, phase=query.phase, reason=str(refusal))  # fmt: skip
         except DataError as error:
-            name = site.table_path(protocol.model.cohort.table).name
+            name = population.source_name(site, protocol)
             raise DataError(f"{name}: analysis '{analysis_id}': {error}", error.private) from None
     return len(study.rows), contributions, refusals
 

@@ -2,23 +2,28 @@
 
 ```
 site/
-  site.toml      [site] id, name; [policy] (see hospital_node.policy)
-  patients.csv   (or patients.parquet) one row per patient
+  site.toml      [site] id, name; [policy] (see hospital_node.policy); [data] (see hospital_node.data_source)
+  patients.csv   (or patients.parquet) one row per patient, unless [data] names an OMOP CDM database
   state/         written by the node: audit log, approved protocols, query ledger
 ```
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 from pydantic import ValidationError
 
+from hospital_node.data_source import DataSource
 from hospital_node.policy import Policy
+
+_Section = TypeVar("_Section", Policy, DataSource)
 
 
 class SiteError(Exception):
@@ -31,6 +36,7 @@ class Site:
     id: str
     name: str
     policy: Policy = Policy()
+    data: DataSource = DataSource()
 
     @property
     def state(self) -> Path:
@@ -61,13 +67,19 @@ def open_site(path: str | Path) -> Site:
     site_id = section.get("id", path.name)
     if not isinstance(site_id, str) or not site_id:
         raise SiteError(f"{config}: [site] id must be a non-empty text")
+    policy = _section(config, document, "policy", Policy)
+    data = _section(config, document, "data", DataSource)
+    return Site(path=path, id=site_id, name=str(section.get("name", site_id)), policy=policy, data=data)
+
+
+def _section(config: Path, document: dict, name: str, model: type[_Section]) -> _Section:
     try:
-        policy = Policy.model_validate(document.get("policy", {}))
+        return model.model_validate(document.get(name, {}))
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(map(str, first["loc"]))
-        raise SiteError(f"{config}: [policy] {field}: {first['msg'].removeprefix('Value error, ')}") from None
-    return Site(path=path, id=site_id, name=str(section.get("name", site_id)), policy=policy)
+        where = f"[{name}] {field}:" if field else f"[{name}]:"
+        raise SiteError(f"{config}: {where} {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_table(site: Site, table: str) -> pd.DataFrame:
@@ -87,6 +99,7 @@ def _read(path: Path, _mtime: int, _size: int) -> pd.DataFrame:
         else:
             frame = pd.read_csv(path)
             frame.index = range(2, len(frame) + 2)  # line 1 is the header
+            _no_short_rows(path, len(frame.columns))
     except pd.errors.EmptyDataError:
         raise SiteError(f"{path.name} is empty; it needs a header line and one row per patient") from None
     except pd.errors.ParserError as error:
@@ -97,3 +110,15 @@ def _read(path: Path, _mtime: int, _size: int) -> pd.DataFrame:
     if frame.empty:
         raise SiteError(f"{path.name} has no rows; the site has no patients to contribute")
     return frame
+
+
+def _no_short_rows(path: Path, fields: int) -> None:
+    """SiteError naming the first line with fewer fields than the header (pandas would fill them as missing)."""
+    with path.open(newline="", encoding="utf-8") as stream:
+        reader = csv.reader(stream)
+        for row in reader:
+            if row and len(row) < fields:
+                raise SiteError(
+                    f"{path.name} is not a well-formed CSV file (line {reader.line_num}: "
+                    f"{len(row)} fields, the header has {fields}; a truncated export?); fix that line"
+                )

@@ -8,11 +8,11 @@ import hashlib
 from analyses import registry
 from analyses.columns import label
 from analyses.disclosure import rule
-from hospital_node import approvals, masking, usage
+from hospital_node import approvals, masking, omop, usage
 from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
 from hospital_node.privacy_ledger import PrivacyLedger
-from hospital_node.site import Site
+from hospital_node.site import Site, SiteError
 from workbench.messages import SPARSE_GRAPH
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
@@ -27,7 +27,7 @@ def preview(site: Site, protocol: Protocol) -> str:
     lines = [
         f"Study '{protocol.model.study.id}': {protocol.model.study.title}",
         f"Protocol SHA-256: {protocol.sha256}",
-        f"Cohort: table '{cohort.table}'" + (f", rows where {filters}" if filters else ", all rows"),
+        *_cohort(site, protocol, filters),
         _population(protocol),
         *_declared(protocol),
         f"Site policy: minimum count {policy.min_cell_count}, per time cell {policy.min_time_cell_count}; "
@@ -45,6 +45,25 @@ def preview(site: Site, protocol: Protocol) -> str:
         lines += ["", *_training(site, training)]
     lines += ["", "Nothing else leaves the site: no rows, no identifiers, no images."]
     return "\n".join(lines)
+
+
+def _cohort(site: Site, protocol: Protocol, filters: str) -> list[str]:
+    """The cohort in words; for an OMOP cohort also what the node reads from the CDM and what its vocabulary lacks."""
+    rows = f", rows where {filters}" if filters else ", all rows"
+    omop_cohort = protocol.model.cohort.omop
+    if omop_cohort is None:
+        return [f"Cohort: table '{protocol.model.cohort.table}'{rows}"]
+    lines = [f"Cohort: defined on the site's OMOP CDM ({site.data.label()}), one row per person{rows}:"]
+    lines += [f"  {sentence}" for sentence in omop_cohort.in_words()]
+    lines.append("The node reads (read-only) only these CDM tables and columns:")
+    lines += [f"  {table}: {', '.join(columns)}" for table, columns in omop_cohort.reads().items()]
+    if site.data.source != "omop":
+        return [*lines, '  ! this site\'s data are files: set [data] source = "omop" in site.toml to take part']
+    try:
+        lines += [f"  ! {warning}" for warning in omop.vocabulary_warnings(site, omop_cohort)]
+    except SiteError as error:
+        lines.append(f"  ! {error}")
+    return lines
 
 
 def masked_study(protocol: Protocol) -> bool:

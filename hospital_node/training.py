@@ -22,10 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from analyses import columns as col
 from analyses.disclosure import Refused
-from hospital_node import imaging
-from hospital_node.cohort import select
+from hospital_node import imaging, population
 from hospital_node.privacy_ledger import History, epsilon
-from hospital_node.site import Site, load_table
+from hospital_node.site import Site
 from workbench.protocol import Protocol
 from workbench.training_spec import TrainingSpec
 
@@ -58,8 +57,7 @@ def local_data(site: Site, protocol: Protocol, spec: TrainingSpec, mean: list[fl
                           f"more than max_unreadable = {spec.max_unreadable:g}")  # fmt: skip
         x, y = found.images, found.labels
     else:
-        cohort = select(load_table(site, protocol.model.cohort.table), protocol.model.cohort.filters)
-        rows = col.complete_cases(cohort, spec.columns())
+        rows = col.complete_cases(population.cohort(site, protocol).rows, spec.columns())
         y = col.events(rows, spec.outcome or "").astype(np.int64)
         x = np.stack([col.numeric(rows, name) for name in spec.features], axis=1)
         x = ((x - np.asarray(mean)) / np.asarray(sd)).astype(np.float32)

@@ -186,6 +186,9 @@ def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_
     lines = (sites / "hospital-4" / "patients.csv").read_text().splitlines()
     lines[6] += ",1,2"
     (sites / "hospital-4" / "patients.csv").write_text("\n".join(lines) + "\n")
+    lines = (sites / "hospital-5" / "patients.csv").read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:8])  # what a truncated export leaves
+    (sites / "hospital-5" / "patients.csv").write_text("\n".join(lines) + "\n")
     result = tmp_path / "result"
     done = workbench("run", out / "protocol.toml", *[a for s in sorted(sites.iterdir()) for a in ("--site", s)],
                      "--out", result)  # fmt: skip
@@ -198,6 +201,8 @@ def test_broken_site_data_is_reported_per_site_and_nothing_is_written(demo, tmp_
         "site hospital-3: patients.csv: ",
         "column 'age' mixes numbers and text ('sixty' at line 5)",
         "site hospital-4: patients.csv is not a well-formed CSV file (Expected 10 fields in line 7, saw 12)",
+        "site hospital-5: patients.csv is not a well-formed CSV file (line 4: 8 fields, the header has 10; "
+        "a truncated export?)",
     )
 
 

@@ -155,8 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     coordinator_start.add_argument("--state", type=Path, default=Path("coordinator-state"), metavar="DIR")
     coordinator_start.set_defaults(command=_coordinator_start)
 
-    demo_command = commands.add_parser("demo", help="build demo hospitals from real lung cancer data and run a study")
-    demo_command.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for sites and results")
+    demo_command = commands.add_parser(
+        "demo", help="build demo hospitals (lung: real lung cancer data; eunomia: OMOP CDM databases) and run a study"
+    )
+    demo_command.add_argument("study", nargs="?", choices=["lung", "eunomia"], default="lung",
+                              help="lung (default): NCCTG lung cancer, 5 hospitals; eunomia: celecoxib vs diclofenac "
+                              "on 4 hospitals' OMOP CDM (DuckDB)")  # fmt: skip
+    demo_command.add_argument("--out", type=Path, help="folder for sites and results (default out/demo, out/eunomia)")
     demo_command.set_defaults(command=_demo)
 
     validate = commands.add_parser("validate", help="check a protocol and print its SHA-256")
@@ -356,14 +361,16 @@ def _node_start(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from workbench import demo
 
-    out: Path = args.out
-    sites = demo.build_sites(out / "sites")
+    omop = args.study == "eunomia"
+    out: Path = args.out or Path("out/eunomia" if omop else "out/demo")
+    sites = demo.build_omop_sites(out / "sites") if omop else demo.build_sites(out / "sites")
     from workbench import protocol
 
     protocol_path = out / "protocol.toml"
-    protocol_path.write_text(demo.protocol_text() + demo.roster(sites), encoding="utf-8")
+    protocol_path.write_text(demo.protocol_text(args.study) + demo.roster(sites), encoding="utf-8")
     study = protocol.load(protocol_path)
-    print(f"demo: {len(sites)} hospital sites from the NCCTG lung cancer data in {out / 'sites'}", file=sys.stderr)
+    source = "Eunomia's OMOP CDM (DuckDB per hospital)" if omop else "the NCCTG lung cancer data"
+    print(f"demo: {len(sites)} hospital sites from {source} in {out / 'sites'}", file=sys.stderr)
     demo.approve(sites, study)
     print(f"demo: approved protocol {study.sha256[:12]} at {', '.join(s.name for s in sites)}, as each hospital's "
           "data steward would after reviewing `workbench node approve`", file=sys.stderr)  # fmt: skip
@@ -410,7 +417,8 @@ def _execute(study: Protocol, sites: Sequence[Path], out: Path, quiet: bool,
 
     started = time.perf_counter()
     document, path = simulate(study, sites, None if quiet else _progress(started),
-                              None if quiet else _training_progress(started), then=write)  # fmt: skip
+                              None if quiet else _training_progress(started), then=write,
+                              fail=_fail_now if exit_when_written else None)  # fmt: skip
     return _report(document, path, quiet)
 
 

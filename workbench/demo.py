@@ -1,4 +1,5 @@
-"""The demo study: real NCCTG lung cancer data split by its institutions into hospital sites."""
+"""The demo studies: real NCCTG lung cancer data split by its institutions into hospital sites, and
+Eunomia's OMOP CDM split by person into hospital databases."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from workbench import synthetic_imaging
 from workbench.datasets import lung_hospitals
 from workbench.protocol import Protocol
 
+EXAMPLES = {"lung": "ncctg-lung.toml", "eunomia": "eunomia-celecoxib.toml"}
 
-def protocol_text() -> str:
-    """The bundled demo protocol (every built-in analysis on the lung data), without its site roster."""
-    return resources.files("workbench").joinpath("examples/ncctg-lung.toml").read_text(encoding="utf-8")
+
+def protocol_text(study: str = "lung") -> str:
+    """A bundled demo protocol without its site roster: "lung" (every built-in analysis on the lung data) or
+    "eunomia" (celecoxib vs diclofenac on OMOP CDM databases)."""
+    return resources.files("workbench").joinpath(f"examples/{EXAMPLES[study]}").read_text(encoding="utf-8")
 
 
 def roster(sites: list[Path]) -> str:
@@ -52,6 +56,24 @@ def build_sites(folder: Path) -> list[Path]:
         if number == 1:  # one damaged file, as real archives have: it is skipped and counted
             _truncate(site / "images" / f"{rows['patient_id'].iloc[0]}.dcm")
         sites.append(site)
+    return sites
+
+
+def build_omop_sites(folder: Path, source: Path | None = None) -> list[Path]:
+    """One fresh site folder per hospital: site.toml pointing at its own OMOP CDM DuckDB file (Eunomia's persons,
+    or those of the CDM file `source`, dealt 40/30/20/10 %, workbench.eunomia), with the default policy."""
+    from workbench import eunomia
+
+    sites = [folder / f"omop-{number + 1}" for number in range(len(eunomia.SHARES))]
+    for number, site in enumerate(sites):
+        shutil.rmtree(site, ignore_errors=True)
+        site.mkdir(parents=True)
+        (site / "site.toml").write_text(
+            f'[site]\nid = "omop-{number + 1}"\nname = "Hospital {number + 1} (Eunomia persons, OMOP CDM 5.3)"\n\n'
+            '[data]\nsource = "omop"\nurl = "duckdb://cdm.duckdb"\n',
+            encoding="utf-8",
+        )
+    eunomia.split([site / "cdm.duckdb" for site in sites], source)
     return sites
 
 

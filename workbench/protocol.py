@@ -24,6 +24,7 @@ from analyses.describe import DescribeSpec
 from analyses.registry import TYPES, AnySpec
 from analyses.spec import Spec
 from workbench.errors import UserError
+from workbench.omop_cohort import ConceptSet, Covariate, Entry, Exposure, OmopCohort, Outcome
 from workbench.training_spec import TrainingPrivacy, TrainingSpec
 
 
@@ -74,8 +75,11 @@ class Filter(BaseModel):
 
 
 class CohortSection(BaseModel):
+    """The study population: a site table with filters, or (`source = "omop"`) a cohort on the site's OMOP CDM."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    source: Literal["files", "omop"] = "files"
     table: str = Field("patients", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)
     filters: list[Filter] = Field(default_factory=list)
     missing: Literal["complete_cases", "per_analysis"] = Field(
@@ -83,6 +87,36 @@ class CohortSection(BaseModel):
         description="complete_cases: every analysis uses the rows with a value in every variable the protocol's "
         "analyses read (one population per study); per_analysis: each analysis drops only its own incomplete rows",
     )
+    concept_sets: dict[str, ConceptSet] = Field(default_factory=dict)
+    exposure: Exposure | None = None
+    entry: Entry = Entry()
+    outcome: Outcome | None = None
+    covariates: list[Covariate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> CohortSection:
+        omop = ("concept_sets", "exposure", "entry", "outcome", "covariates")
+        given = [name for name in omop if name in self.model_fields_set]
+        if self.source == "files" and given:
+            raise ValueError(f"'{given[0]}' belongs to an OMOP cohort: add source = \"omop\" to [cohort]")
+        if self.source == "omop":
+            if "table" in self.model_fields_set:
+                raise ValueError("an OMOP cohort is built from the site's CDM, not a table: remove 'table'")
+            if self.exposure is None:
+                raise ValueError("an OMOP cohort needs [cohort.exposure] (its first exposure is the index date)")
+            try:
+                self.omop  # noqa: B018 (validates the whole definition)
+            except ValidationError as error:
+                raise ValueError(str(error.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+        return self
+
+    @functools.cached_property
+    def omop(self) -> OmopCohort | None:
+        """The OMOP cohort definition (None for a file cohort)."""
+        if self.source != "omop" or self.exposure is None:
+            return None
+        return OmopCohort(concept_sets=self.concept_sets, exposure=self.exposure, entry=self.entry,
+                          outcome=self.outcome, covariates=self.covariates)  # fmt: skip
 
 
 class VariableSection(BaseModel):
@@ -302,6 +336,15 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     elif loc[:2] == ["cohort", "filters"] and len(loc) > 2:
         where, fields = f"[cohort] filter #{int(loc[2]) + 1}", list(Filter.model_fields)
         loc = loc[3:]
+    elif loc[0] == "cohort" and len(loc) > 2 and loc[1] in ("concept_sets", "covariates"):
+        kind = loc[1]
+        where = (
+            f"[cohort.concept_sets.{loc[2]}]" if kind == "concept_sets" else f"[[cohort.covariates]] #{int(loc[2]) + 1}"
+        )
+        fields, loc = list((ConceptSet if kind == "concept_sets" else Covariate).model_fields), loc[3:]
+    elif loc[0] == "cohort" and len(loc) > 2 and loc[1] in ("exposure", "entry", "outcome"):
+        where, loc = f"[cohort.{loc[1]}]", loc[2:]
+        fields = list({"exposure": Exposure, "entry": Entry, "outcome": Outcome}[str(where[8:-1])].model_fields)
     elif loc[0] == "variables" and len(loc) > 1:
         where, fields, loc = f"[variables] '{loc[1]}'", list(VariableSection.model_fields), loc[2:3]
     else:

@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from analyses import driver, registry
+from workbench.errors import UserError
 from workbench.federation import Attempt, FlowerExchange, wait_for_nodes
 from workbench.messages import Reply
 from workbench.protocol import Protocol
@@ -87,17 +88,24 @@ def make_server_app(
     training_progress: training.Progress | None = None,
     check: bool = False,
     then: Callable[[StudyRun], Any] | None = None,
+    fail: Callable[[UserError], Any] | None = None,
 ) -> ServerApp:
     """A ServerApp for the embedded simulation: runs `protocol` (or only its dry run) and appends the outcome
-    (the StudyRun, or what `then` returns for it)."""
+    (the StudyRun, or what `then` returns for it); a study that stops on a user error goes to `fail` when given
+    (e.g. to end the command at once), else it is raised."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if check:
-            outcome.append(check_study(grid, protocol, sites))
-        else:
-            run = run_study(grid, protocol, sites, progress, training_progress)
-            outcome.append(then(run) if then else run)
+        try:
+            if check:
+                outcome.append(check_study(grid, protocol, sites))
+            else:
+                run = run_study(grid, protocol, sites, progress, training_progress)
+                outcome.append(then(run) if then else run)
+        except UserError as error:
+            if fail is None:
+                raise
+            fail(error)
 
     return app

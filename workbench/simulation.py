@@ -29,12 +29,14 @@ def simulate(
     training_progress: training.Progress | None = None,
     check: bool = False,
     then: Callable[[StudyRun], Any] | None = None,
+    fail: Callable[[UserError], Any] | None = None,
 ) -> Any:
     """Run `protocol` with one node per site folder (or, with `check`, only its dry run: the verdicts);
     raises StudyError if a site refuses or fails.
 
     Returns the StudyRun, or what `then` (e.g. writing the results) returns for it: `then` runs as soon
-    as the study ends, while Flower and Ray stop.
+    as the study ends, while Flower and Ray stop; a site's error goes to `fail` (e.g. ending the command at
+    once) when given, else it is raised once Flower has stopped.
     """
     folders = check_folders(site_folders)
     outcome: list[Any] = []
@@ -53,7 +55,7 @@ def simulate(
             if problem:
                 print(f"simulation: {problem}; each round waits for Flower's own pickup", file=sys.stderr)
 
-            server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check, then)
+            server = make_server_app(protocol, len(folders), outcome, progress, training_progress, check, then, fail)
             run_simulation(
                 server_app=server,
                 client_app=make_client_app(folders),

@@ -30,6 +30,7 @@ from hospital_node.steward import conflicts, fingerprint, masked_study
 from workbench import results as results_module
 from workbench.errors import UserError
 from workbench.messages import FULL_GRAPH, SPARSE_GRAPH
+from workbench.omop_cohort import OmopCohort
 from workbench.protocol import Protocol
 from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
 from workbench.training_spec import TrainingSpec
@@ -63,6 +64,7 @@ def build(protocol: Protocol, sites: list[Site], run: Path | None, language: str
         "processing": {
             "cohort_table": model.cohort.table,
             "filters": [f.model_dump() for f in model.cohort.filters],
+            "omop": _omop(model.cohort.omop),
             "analyses": len(protocol.analyses),
             "trainings": len(model.training),
             "diagram": "data-flow.png",
@@ -185,6 +187,14 @@ def _resolution(spec: Spec) -> dict[str, Any] | None:
     if not isinstance(spec, FollowUp):
         return None
     return {"grid": spec.time_grid if isinstance(spec.time_grid, str) else None, "width": spec.grid_width}
+
+
+def _omop(cohort: OmopCohort | None) -> dict[str, Any] | None:
+    """An OMOP cohort in words and the CDM tables and columns each node reads (None for a file cohort)."""
+    if cohort is None:
+        return None
+    return {"definition": cohort.in_words(), "columns": cohort.columns,
+            "reads": [{"table": table, "columns": columns} for table, columns in cohort.reads().items()]}  # fmt: skip
 
 
 def _rounds(manifest: tuple[Item, ...], sites: list[Site], masked: bool) -> list[dict[str, Any]]:

@@ -1,0 +1,156 @@
+"""The node's own query for a protocol's OMOP cohort: one SQL text for DuckDB and PostgreSQL.
+
+Every value (concept ids, days, ages, names) is a bound parameter; schema names come from the
+steward's `site.toml` (validated identifiers). The semantics are workbench.omop_cohort's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workbench.omop_cohort import DOMAINS, OmopCohort
+
+
+@dataclass
+class Query:
+    """SQL text with `?` placeholders and the values bound to them, in order."""
+
+    parts: list[str] = field(default_factory=list)
+    params: list[object] = field(default_factory=list)
+
+    def add(self, text: str, *values: object) -> None:
+        self.parts.append(text)
+        self.params.extend(values)
+
+    @property
+    def sql(self) -> str:
+        return "\n".join(self.parts)
+
+
+def cohort_query(cohort: OmopCohort, cdm: str, vocabulary: str) -> Query:
+    """One row per person: person_id, then `cohort.columns` in order, sorted by person_id."""
+    q = Query()
+    _concept_sets(q, cohort, vocabulary)
+    _entries(q, cohort, cdm)
+    outcome = cohort.outcome
+    if outcome is not None:
+        q.add(",\noutcome_records AS (")
+        _records(q, outcome.domain, outcome.concept_set, cdm)
+        q.add("),\noutcomes AS (\n  SELECT b.person_id,"
+              "\n    MIN(CASE WHEN r.day_date - b.index_date BETWEEN CAST(? AS INTEGER) AND b.risk_end"
+              "\n             THEN r.day_date - b.index_date END) AS first_day,"
+              "\n    MAX(CASE WHEN r.day_date - b.index_date < CAST(? AS INTEGER) THEN 1 ELSE 0 END) AS prior"
+              "\n  FROM base b JOIN outcome_records r ON r.person_id = b.person_id GROUP BY b.person_id\n)",
+              outcome.time_at_risk.start, outcome.time_at_risk.start)  # fmt: skip
+    for number, covariate in enumerate(cohort.covariates):
+        if covariate.kind not in ("history", "measurement"):
+            continue
+        domain = covariate.table_domain
+        q.add(f",\ncovariate_{number}_records AS (")
+        _records(q, domain, covariate.concept_set, cdm, values=covariate.kind == "measurement")
+        window = "r.day_date BETWEEN b.index_date + CAST(? AS INTEGER) AND b.index_date + CAST(? AS INTEGER)"
+        start, end = covariate.window.start, covariate.window.end
+        if covariate.kind == "history":
+            q.add(f"),\ncovariate_{number} AS (\n  SELECT DISTINCT b.person_id, 1 AS value FROM base b"
+                  f"\n  JOIN covariate_{number}_records r ON r.person_id = b.person_id WHERE {window}\n)", start, end)  # fmt: skip
+        else:
+            q.add(f"),\ncovariate_{number} AS (\n  SELECT person_id, value FROM (\n    SELECT b.person_id, r.value,"
+                  "\n      ROW_NUMBER() OVER (PARTITION BY b.person_id ORDER BY r.day_date DESC, r.record_id DESC) AS k"
+                  f"\n    FROM base b JOIN covariate_{number}_records r ON r.person_id = b.person_id WHERE {window}"
+                  "\n  ) latest WHERE k = 1\n)", start, end)  # fmt: skip
+    _select(q, cohort)
+    return q
+
+
+def _concept_sets(q: Query, cohort: OmopCohort, vocabulary: str) -> None:
+    """CTE `concept_sets(set_name, concept_id)`: each set's concepts, descendants, minus its exclusions."""
+    items = [(name, concept, chosen.descendants, excluded)
+             for name, chosen in cohort.concept_sets.items()
+             for excluded, ids in ((False, chosen.concepts), (True, chosen.exclude)) for concept in ids]  # fmt: skip
+    values = ",\n    ".join(
+        ["(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BOOLEAN), CAST(? AS BOOLEAN))"] * len(items)
+    )
+    q.add(f"WITH items (set_name, concept_id, descendants, excluded) AS (\n  VALUES {values}\n),",
+          *(value for item in items for value in item))  # fmt: skip
+    q.add("expanded AS (\n  SELECT set_name, excluded, concept_id FROM items")
+    if any(chosen.descendants for chosen in cohort.concept_sets.values()):
+        q.add("  UNION\n  SELECT i.set_name, i.excluded, CAST(a.descendant_concept_id AS BIGINT)"
+              f"\n  FROM items i JOIN {vocabulary}.concept_ancestor a ON a.ancestor_concept_id = i.concept_id"
+              "\n  WHERE i.descendants")  # fmt: skip
+    q.add("),\nconcept_sets AS (\n  SELECT set_name, concept_id FROM expanded WHERE NOT excluded"
+          "\n  EXCEPT\n  SELECT set_name, concept_id FROM expanded WHERE excluded\n)")  # fmt: skip
+
+
+def _records(q: Query, domain: str, concept_set: str | None, cdm: str, values: bool = False) -> None:
+    """person_id, day_date (with `values`: a measurement's value and record_id) of the domain's records of a set."""
+    table, concept, date = DOMAINS[domain]
+    extra = ", CAST(t.value_as_number AS FLOAT8) AS value, t.measurement_id AS record_id" if values else ""
+    q.add(f"  SELECT t.person_id, t.{date} AS day_date{extra} FROM {cdm}.{table} t")
+    if concept_set is not None and concept is not None:
+        q.add(f"  JOIN concept_sets s ON s.concept_id = t.{concept} AND s.set_name = CAST(? AS TEXT)", concept_set)
+
+
+def _entries(q: Query, cohort: OmopCohort, cdm: str) -> None:
+    """CTEs up to `base`: each person's group and index date, observation end, age, sex and last day at risk."""
+    exposure = cohort.exposure
+    table, concept, date = DOMAINS[exposure.domain]
+    groups = ", ".join(["CAST(? AS TEXT)"] * len(exposure.groups))
+    q.add(f",\nexposures AS (\n  SELECT t.person_id, s.set_name AS grp, MIN(t.{date}) AS first_date"
+          f"\n  FROM {cdm}.{table} t JOIN concept_sets s ON s.concept_id = t.{concept}"
+          f"\n  WHERE s.set_name IN ({groups}) GROUP BY t.person_id, s.set_name\n),", *exposure.groups)  # fmt: skip
+    keep = "groups = 1" if exposure.in_both == "exclude" else "first_date = earliest AND same_day = 1"
+    q.add("ranked AS (\n  SELECT person_id, grp, first_date, COUNT(*) OVER (PARTITION BY person_id) AS groups,"
+          "\n    MIN(first_date) OVER (PARTITION BY person_id) AS earliest,"
+          "\n    COUNT(*) OVER (PARTITION BY person_id, first_date) AS same_day\n  FROM exposures\n),"
+          f"\nentries AS (\n  SELECT person_id, grp, first_date AS index_date FROM ranked WHERE {keep}\n),")  # fmt: skip
+    q.add("observed AS (\n  SELECT e.person_id, e.grp, e.index_date, MAX(o.observation_period_end_date) AS obs_end"
+          f"\n  FROM entries e JOIN {cdm}.observation_period o ON o.person_id = e.person_id"
+          "\n  WHERE o.observation_period_start_date <= e.index_date - CAST(? AS INTEGER)"
+          "\n    AND o.observation_period_end_date >= e.index_date"
+          "\n  GROUP BY e.person_id, e.grp, e.index_date\n),", cohort.entry.prior_observation_days)  # fmt: skip
+    sex = ", p.gender_concept_id" if any(c.kind == "sex" for c in cohort.covariates) else ""
+    risk_end = ""
+    params: list[object] = []
+    if cohort.outcome is not None:
+        risk_end = ", LEAST(CAST(? AS INTEGER), o.obs_end - o.index_date) AS risk_end"
+        params.append(cohort.outcome.time_at_risk.end)
+    q.add("base AS (\n  SELECT o.person_id, o.grp, o.index_date,"
+          f"\n    CAST(EXTRACT(YEAR FROM o.index_date) AS BIGINT) - p.year_of_birth AS age{sex}{risk_end}"
+          f"\n  FROM observed o JOIN {cdm}.person p ON p.person_id = o.person_id\n)", *params)  # fmt: skip
+
+
+def _select(q: Query, cohort: OmopCohort) -> None:
+    columns = ["b.grp"]
+    joins: list[str] = []
+    where: list[str] = []
+    params: list[object] = []
+    outcome = cohort.outcome
+    if outcome is not None:
+        start = outcome.time_at_risk.start
+        columns.append("COALESCE(o.first_day, b.risk_end) - CAST(? AS INTEGER) + 1")
+        columns.append("CASE WHEN o.first_day IS NULL THEN 0 ELSE 1 END")
+        params.append(start)
+        joins.append("LEFT JOIN outcomes o ON o.person_id = b.person_id")
+    for number, covariate in enumerate(cohort.covariates):
+        if covariate.kind == "age":
+            columns.append("b.age")
+        elif covariate.kind == "sex":
+            columns.append("CASE b.gender_concept_id WHEN 8532 THEN 'female' WHEN 8507 THEN 'male' END")
+        else:
+            value = f"c{number}.value" if covariate.kind == "measurement" else f"COALESCE(c{number}.value, 0)"
+            columns.append(value)
+            joins.append(f"LEFT JOIN covariate_{number} c{number} ON c{number}.person_id = b.person_id")
+    if outcome is not None:
+        where.append("b.risk_end >= CAST(? AS INTEGER)")
+        params.append(outcome.time_at_risk.start)
+        if cohort.entry.no_prior_outcome:
+            where.append("COALESCE(o.prior, 0) = 0")
+    if cohort.entry.min_age is not None:
+        where.append("b.age >= CAST(? AS INTEGER)")
+        params.append(cohort.entry.min_age)
+    if cohort.entry.max_age is not None:
+        where.append("b.age <= CAST(? AS INTEGER)")
+        params.append(cohort.entry.max_age)
+    selected = ",\n  ".join(["b.person_id", *columns])
+    q.add(f"SELECT {selected}\nFROM base b " + " ".join(joins)
+          + (f"\nWHERE {' AND '.join(where)}" if where else "") + "\nORDER BY b.person_id", *params)  # fmt: skip
