@@ -96,6 +96,7 @@ def _postgresql(site: Site, label: str) -> Any:
                 if "password" in reason else "check [data] url in site.toml and that the server is running")  # fmt: skip
         raise SiteError(f"cannot connect to {label} ({reason}); {hint}") from None
     connection.read_only = True  # every transaction: BEGIN READ ONLY
+    connection.execute("SET jit = off")  # this session only: compiling costs more than it saves on a cohort query
     return connection
 
 

@@ -19,6 +19,7 @@ from workbench.omop_cohort import OmopCohort
 
 SUPPORTED = ("5.3", "5.4")
 VOCABULARY_TABLES = ("concept", "concept_ancestor")
+MAX_PARAMETERS = 60_000  # PostgreSQL's protocol takes at most 65,535 bound values per query
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,14 @@ def materialise(site: Site, cohort: OmopCohort) -> Materialised:
         _check_version(site, db)
         _check_tables(site, db, cohort)
         warnings = _unknown_concepts(db, cohort)
-        query = omop_sql.cohort_query(cohort, db.cdm, db.vocabulary)
+        expansion = omop_sql.expansion_query(cohort, db.vocabulary)
+        sets: omop_sql.Sets = {name: [] for name in cohort.concept_sets}
+        for name, concept in db.rows(expansion.sql, expansion.params):
+            sets[name].append(int(concept))
+        query = omop_sql.cohort_query(cohort, db.cdm, sets)
+        if len(query.params) > MAX_PARAMETERS:
+            raise SiteError(f"the cohort's concept sets expand to {len(query.params):,} concept ids in {db.label}, "
+                            f"more than a query takes ({MAX_PARAMETERS:,}); narrow them (descendants = false, exclude)")  # fmt: skip
         found = db.rows(query.sql, query.params)
     if not found:
         hint = ("; " + "; ".join(warnings)) if warnings else ""

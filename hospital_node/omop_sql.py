@@ -1,7 +1,10 @@
-"""The node's own query for a protocol's OMOP cohort: one SQL text for DuckDB and PostgreSQL.
+"""The node's own queries for a protocol's OMOP cohort: one SQL text for DuckDB and PostgreSQL.
 
-Every value (concept ids, days, ages, names) is a bound parameter; schema names come from the
-steward's `site.toml` (validated identifiers). The semantics are workbench.omop_cohort's.
+First the concept sets are expanded in the site's vocabulary (`expansion_query`); the cohort query
+(`cohort_query`) then names each set's concept ids as constants, so both engines' planners see how
+many records they select (PostgreSQL then scans the concept indexes). Every value (concept ids, days,
+ages, names) is a bound parameter; schema names come from the steward's `site.toml` (validated
+identifiers). The semantics are workbench.omop_cohort's.
 """
 
 from __future__ import annotations
@@ -27,15 +30,18 @@ class Query:
         return "\n".join(self.parts)
 
 
-def cohort_query(cohort: OmopCohort, cdm: str, vocabulary: str) -> Query:
+Sets = dict[str, list[int]]
+"""Concept set name → its concept ids at this site (after descendants and exclusions)."""
+
+
+def cohort_query(cohort: OmopCohort, cdm: str, sets: Sets) -> Query:
     """One row per person: person_id, then `cohort.columns` in order, sorted by person_id."""
     q = Query()
-    _concept_sets(q, cohort, vocabulary)
-    _entries(q, cohort, cdm)
+    _entries(q, cohort, cdm, sets)
     outcome = cohort.outcome
     if outcome is not None:
         q.add(",\noutcome_records AS (")
-        _records(q, outcome.domain, outcome.concept_set, cdm)
+        _records(q, outcome.domain, outcome.concept_set, cdm, sets)
         q.add("),\noutcomes AS (\n  SELECT b.person_id,"
               "\n    MIN(CASE WHEN r.day_date - b.index_date BETWEEN CAST(? AS INTEGER) AND b.risk_end"
               "\n             THEN r.day_date - b.index_date END) AS first_day,"
@@ -47,7 +53,7 @@ def cohort_query(cohort: OmopCohort, cdm: str, vocabulary: str) -> Query:
             continue
         domain = covariate.table_domain
         q.add(f",\ncovariate_{number}_records AS (")
-        _records(q, domain, covariate.concept_set, cdm, values=covariate.kind == "measurement")
+        _records(q, domain, covariate.concept_set, cdm, sets, values=covariate.kind == "measurement")
         window = "r.day_date BETWEEN b.index_date + CAST(? AS INTEGER) AND b.index_date + CAST(? AS INTEGER)"
         start, end = covariate.window.start, covariate.window.end
         if covariate.kind == "history":
@@ -62,14 +68,15 @@ def cohort_query(cohort: OmopCohort, cdm: str, vocabulary: str) -> Query:
     return q
 
 
-def _concept_sets(q: Query, cohort: OmopCohort, vocabulary: str) -> None:
-    """CTE `concept_sets(set_name, concept_id)`: each set's concepts, descendants, minus its exclusions."""
+def expansion_query(cohort: OmopCohort, vocabulary: str) -> Query:
+    """Rows (set name, concept id): each set's concepts, their descendants, minus its exclusions."""
     items = [(name, concept, chosen.descendants, excluded)
              for name, chosen in cohort.concept_sets.items()
              for excluded, ids in ((False, chosen.concepts), (True, chosen.exclude)) for concept in ids]  # fmt: skip
     values = ",\n    ".join(
         ["(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BOOLEAN), CAST(? AS BOOLEAN))"] * len(items)
     )
+    q = Query()
     q.add(f"WITH items (set_name, concept_id, descendants, excluded) AS (\n  VALUES {values}\n),",
           *(value for item in items for value in item))  # fmt: skip
     q.add("expanded AS (\n  SELECT set_name, excluded, concept_id FROM items")
@@ -77,27 +84,39 @@ def _concept_sets(q: Query, cohort: OmopCohort, vocabulary: str) -> None:
         q.add("  UNION\n  SELECT i.set_name, i.excluded, CAST(a.descendant_concept_id AS BIGINT)"
               f"\n  FROM items i JOIN {vocabulary}.concept_ancestor a ON a.ancestor_concept_id = i.concept_id"
               "\n  WHERE i.descendants")  # fmt: skip
-    q.add("),\nconcept_sets AS (\n  SELECT set_name, concept_id FROM expanded WHERE NOT excluded"
-          "\n  EXCEPT\n  SELECT set_name, concept_id FROM expanded WHERE excluded\n)")  # fmt: skip
+    q.add(")\nSELECT set_name, concept_id FROM expanded WHERE NOT excluded"
+          "\nEXCEPT\nSELECT set_name, concept_id FROM expanded WHERE excluded\nORDER BY 1, 2")  # fmt: skip
+    return q
 
 
-def _records(q: Query, domain: str, concept_set: str | None, cdm: str, values: bool = False) -> None:
+def _in(column: str, ids: list[int]) -> tuple[str, list[int]]:
+    """`column IN (…)` for constant concept ids (never true for an empty set)."""
+    if not ids:
+        return "1 = 0", []
+    return f"{column} IN ({', '.join(['CAST(? AS BIGINT)'] * len(ids))})", ids
+
+
+def _records(q: Query, domain: str, concept_set: str | None, cdm: str, sets: Sets, values: bool = False) -> None:
     """person_id, day_date (with `values`: a measurement's value and record_id) of the domain's records of a set."""
     table, concept, date = DOMAINS[domain]
     extra = ", CAST(t.value_as_number AS FLOAT8) AS value, t.measurement_id AS record_id" if values else ""
     q.add(f"  SELECT t.person_id, t.{date} AS day_date{extra} FROM {cdm}.{table} t")
     if concept_set is not None and concept is not None:
-        q.add(f"  JOIN concept_sets s ON s.concept_id = t.{concept} AND s.set_name = CAST(? AS TEXT)", concept_set)
+        condition, ids = _in(f"t.{concept}", sets[concept_set])
+        q.add(f"  WHERE {condition}", *ids)
 
 
-def _entries(q: Query, cohort: OmopCohort, cdm: str) -> None:
+def _entries(q: Query, cohort: OmopCohort, cdm: str, sets: Sets) -> None:
     """CTEs up to `base`: each person's group and index date, observation end, age, sex and last day at risk."""
     exposure = cohort.exposure
     table, concept, date = DOMAINS[exposure.domain]
-    groups = ", ".join(["CAST(? AS TEXT)"] * len(exposure.groups))
-    q.add(f",\nexposures AS (\n  SELECT t.person_id, s.set_name AS grp, MIN(t.{date}) AS first_date"
-          f"\n  FROM {cdm}.{table} t JOIN concept_sets s ON s.concept_id = t.{concept}"
-          f"\n  WHERE s.set_name IN ({groups}) GROUP BY t.person_id, s.set_name\n),", *exposure.groups)  # fmt: skip
+    firsts = []
+    for group in exposure.groups:
+        condition, ids = _in(f"t.{concept}", sets[group])
+        firsts.append((f"  SELECT t.person_id, CAST(? AS TEXT) AS grp, MIN(t.{date}) AS first_date FROM {cdm}.{table} t"
+                       f"\n  WHERE {condition} GROUP BY t.person_id", [group, *ids]))  # fmt: skip
+    q.add("WITH exposures AS (\n" + "\n  UNION ALL\n".join(text for text, _ in firsts) + "\n),",
+          *(value for _, params in firsts for value in params))  # fmt: skip
     keep = "groups = 1" if exposure.in_both == "exclude" else "first_date = earliest AND same_day = 1"
     q.add("ranked AS (\n  SELECT person_id, grp, first_date, COUNT(*) OVER (PARTITION BY person_id) AS groups,"
           "\n    MIN(first_date) OVER (PARTITION BY person_id) AS earliest,"

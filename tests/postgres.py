@@ -121,8 +121,9 @@ def _stop(bindir: Path, data: Path, base: Path) -> None:
 
 
 @contextmanager
-def start_postgres(tmp: Path) -> Iterator[PostgresServer]:
-    """Start a fresh server on a free localhost port; stop it on exit, pass or fail.
+def start_postgres(tmp: Path, settings: dict[str, str] | None = None) -> Iterator[PostgresServer]:
+    """Start a fresh server on a free localhost port (with `settings`, e.g. {"shared_buffers": "1GB"}, on top
+    of its defaults); stop it on exit, pass or fail.
 
     Its files live in a private directory in the system temp folder (short enough for the unix socket's
     path and reachable by the `postgres` user, which pytest's 0700 temp folders are not); on exit the
@@ -144,6 +145,7 @@ def start_postgres(tmp: Path) -> Iterator[PostgresServer]:
         port = _free_port()
         options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         try:
             _run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"], base)
             pid = int((data / "postmaster.pid").read_text().split()[0])
@@ -202,14 +204,26 @@ def _copy_table(
             copy.write(chunk)
 
 
+CONCEPT_INDEXES = {
+    "condition_occurrence": "condition_concept_id",
+    "drug_exposure": "drug_concept_id",
+    "procedure_occurrence": "procedure_concept_id",
+    "measurement": "measurement_concept_id",
+    "observation": "observation_concept_id",
+    "concept": "concept_id",
+    "concept_ancestor": "ancestor_concept_id",
+}
+"""The concept-id indexes of OHDSI's CDM DDL (besides person_id) that the cohort queries use."""
+
+
 def load_cdm(
     duckdb_path: Path, server: PostgresServer, database: str, schema: str, owner: str, tables: list[str] | None = None
 ) -> None:
     """Copy an OMOP CDM DuckDB file's tables (all when `tables` is None) into `schema` of `database`.
 
     Table and column names become lower case; values are kept exactly (every non-NULL CSV value is quoted, so
-    '' stays '' and NULL stays NULL). `owner` owns the schema and may SELECT from its tables; person_id and
-    concept_ancestor(ancestor_concept_id) are indexed and the tables analysed.
+    '' stays '' and NULL stays NULL). `owner` owns the schema and may SELECT from its tables; person_id and the
+    concept columns of CONCEPT_INDEXES are indexed (as OHDSI's CDM index script does) and the tables analysed.
     """
     with duckdb.connect(str(duckdb_path), read_only=True) as source, tempfile.TemporaryDirectory() as scratch:
         columns = _cdm_columns(source)
@@ -224,8 +238,9 @@ def load_cdm(
                 _copy_table(source, conn, table, columns[table], target, Path(scratch))
                 if any(column.lower() == "person_id" for column, _ in columns[table]):
                     conn.execute(sql.SQL("CREATE INDEX ON {} (person_id)").format(target))
-                if table.lower() == "concept_ancestor":
-                    conn.execute(sql.SQL("CREATE INDEX ON {} (ancestor_concept_id)").format(target))
+                if table.lower() in CONCEPT_INDEXES:
+                    column = sql.Identifier(CONCEPT_INDEXES[table.lower()])
+                    conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(target, column))
                 conn.execute(sql.SQL("ANALYZE {}").format(target))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema_id, owner_id))
             conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema_id, owner_id))
