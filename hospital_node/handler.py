@@ -108,9 +108,11 @@ def answer(folder: str | Path, request: Request, requester: str, keys: KeyStore)
 def _check(site: Site, audit: AuditLog, protocol: Protocol, masked: bool) -> Reply:
     """A dry run's reply: per analysis whether this site would compute it; nothing released, nothing recorded."""
     verdicts, private = dry_run.verdicts(site, protocol, masked)
+    notes = population.cohort(site, protocol).warnings
     audit.append("check", protocol_sha256=protocol.sha256, study=protocol.model.study.id, verdicts=verdicts,
-                 **({"detail": private} if private else {}))  # fmt: skip
-    return Reply(site=site.id, checks=verdicts, policy=site.policy.published(), audit_head=audit.entries()[-1]["hash"])
+                 **({"detail": private} if private else {}), **({"notes": notes} if notes else {}))  # fmt: skip
+    return Reply(site=site.id, checks=verdicts, notes=notes, policy=site.policy.published(),
+                 audit_head=audit.entries()[-1]["hash"])  # fmt: skip
 
 
 def _contributions(

@@ -322,6 +322,22 @@ def test_unsupported_cdm_version_through_the_cli(broken):
     _fails(broken, "is OMOP CDM version v6.0; the node reads versions 5.3, 5.4")
 
 
+def test_dry_run_notes_a_concept_missing_from_a_sites_vocabulary(broken):
+    _alter(broken / "sites" / "omop-3", "DELETE FROM concept WHERE concept_id = 4027663")
+    sites = [arg for site in sorted((broken / "sites").iterdir()) for arg in ("--site", site)]
+    done = workbench("check", broken / "protocol.toml", *sites)
+    assert done.returncode == 0, done.stdout + done.stderr  # every analysis would still compute
+    assert ("  note from omop-3: concept 4027663 (concept set 'peptic_ulcer') is not in this site's vocabulary: "
+            "the cohort may be empty") in done.stdout  # fmt: skip
+    assert "note from omop-1" not in done.stdout
+    check = [
+        e
+        for e in map(json.loads, (broken / "sites" / "omop-3" / "state" / "audit.jsonl").open())
+        if e.get("event") == "check"
+    ]
+    assert check[-1]["notes"] == [done.stdout.split("note from omop-3: ")[1].splitlines()[0]]
+
+
 @pytest.mark.parametrize(
     ("statement", "expected"),
     [

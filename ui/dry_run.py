@@ -34,3 +34,6 @@ def show(protocol: Protocol, document: dict[str, Any]) -> None:
         st.error(f"{site} would answer nothing: {reason}")
     for name, site, reason in refused:
         st.warning(f"{site} would refuse {name}: {reason}")
+    for site, notes in document.get("notes", {}).items():
+        for note in notes:
+            st.info(f"Note from {site}: {note}")

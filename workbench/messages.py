@@ -93,6 +93,8 @@ class Reply:
     """The site's limits the coordinator applies to published cross-site totals (`Policy.published`)."""
     checks: dict[str, str] = field(default_factory=dict)
     """A dry run's verdicts: analysis id → "" (would compute) or the rule that would refuse it."""
+    notes: list[str] = field(default_factory=list)
+    """A dry run's warnings about the site's cohort (e.g. concept ids its vocabulary lacks); never a value."""
     error: str = ""
     """Why the site answers nothing at all."""
 
@@ -114,6 +116,7 @@ class Reply:
                         "integers": json.dumps(self.integers),
                         "policy": json.dumps(self.policy),
                         "checks": json.dumps(self.checks),
+                        "notes": json.dumps(self.notes),
                         "error": self.error,
                         "layout": json.dumps(layout),
                         "data": blob.tobytes(),
@@ -138,6 +141,7 @@ class Reply:
             integers=json.loads(str(site["integers"])),
             policy=json.loads(str(site["policy"])),
             checks=json.loads(str(site["checks"])),
+            notes=json.loads(str(site["notes"])),
             error=str(site["error"]),
         )
 

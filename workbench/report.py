@@ -59,6 +59,8 @@ def render_check(study: Any, document: dict[str, Any]) -> tuple[str, bool]:
             lines.append(f"  {analysis_id:<{width}}  {site} would refuse: {reason}")
         if not refusing and silent:
             lines.append(f"  {analysis_id:<{width}}  not computed without {', '.join(silent)}")
+    for site, notes in document.get("notes", {}).items():
+        lines += [f"  note from {site}: {note}" for note in notes]
     if masked:
         lines.append("Totals below the minimum count are published as ranges or not at all; that is decided on the "
                      "real totals when the study runs.")  # fmt: skip

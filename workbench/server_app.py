@@ -77,7 +77,8 @@ def check_study(
     grid = QuickGrid(grid)  # type: ignore[assignment]
     exchange = FlowerExchange(grid, wait_for_nodes(grid, sites, timeout), protocol, timeout, requester)
     verdicts = exchange.check()
-    return {"mode": exchange.mode, "sites": verdicts, "limits": exchange.limits().__dict__}
+    notes = {site: reply.notes for site, reply in exchange.replies.items() if reply.notes}
+    return {"mode": exchange.mode, "sites": verdicts, "limits": exchange.limits().__dict__, "notes": notes}
 
 
 def make_server_app(
