@@ -117,10 +117,14 @@ def _entries(q: Query, cohort: OmopCohort, cdm: str, sets: Sets) -> None:
                        f"\n  WHERE {condition} GROUP BY t.person_id", [group, *ids]))  # fmt: skip
     q.add("WITH exposures AS (\n" + "\n  UNION ALL\n".join(text for text, _ in firsts) + "\n),",
           *(value for _, params in firsts for value in params))  # fmt: skip
-    keep = "groups = 1" if exposure.in_both == "exclude" else "first_date = earliest AND same_day = 1"
-    q.add("ranked AS (\n  SELECT person_id, grp, first_date, COUNT(*) OVER (PARTITION BY person_id) AS groups,"
-          "\n    MIN(first_date) OVER (PARTITION BY person_id) AS earliest,"
-          "\n    COUNT(*) OVER (PARTITION BY person_id, first_date) AS same_day\n  FROM exposures\n),"
+    if exposure.in_both == "exclude":  # persons with records of one group only
+        windows = "COUNT(*) OVER (PARTITION BY person_id) AS groups"
+        keep = "groups = 1"
+    else:  # the group first exposed to; a tie on that day drops the person
+        windows = ("MIN(first_date) OVER (PARTITION BY person_id) AS earliest,"
+                   "\n    COUNT(*) OVER (PARTITION BY person_id, first_date) AS same_day")  # fmt: skip
+        keep = "first_date = earliest AND same_day = 1"
+    q.add(f"ranked AS (\n  SELECT person_id, grp, first_date, {windows}\n  FROM exposures\n),"
           f"\nentries AS (\n  SELECT person_id, grp, first_date AS index_date FROM ranked WHERE {keep}\n),")  # fmt: skip
     q.add("observed AS (\n  SELECT e.person_id, e.grp, e.index_date, MAX(o.observation_period_end_date) AS obs_end"
           f"\n  FROM entries e JOIN {cdm}.observation_period o ON o.person_id = e.person_id"

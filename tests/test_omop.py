@@ -302,6 +302,19 @@ def test_wrong_password_through_the_cli(broken, postgres):
     assert "check the password in $OMOP3_PASSWORD" in message and "-wrong" not in message
 
 
+def test_password_from_pgpass(tmp_path, postgres, monkeypatch):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{postgres.port}:hospital2:steward:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))  # libpq's ~/.pgpass, elsewhere
+    site = omop_site(tmp_path / "h", f'url = "{postgres.url("steward", "hospital2")}"')
+    with pytest.raises(SiteError, match="has no table public.cdm_source"):  # connected: the empty database's schema
+        omop.materialise(open_site(site), example())
+    passfile.write_text(f"127.0.0.1:{postgres.port}:hospital2:steward:{PASSWORD}-old\n")
+    with pytest.raises(SiteError, match="password authentication failed.*check the password in ~/.pgpass"):
+        omop.materialise(open_site(site), example())
+
+
 def test_password_in_the_url_is_refused(tmp_path):
     site = omop_site(tmp_path / "h", f'url = "postgresql://steward:{PASSWORD}@127.0.0.1:5432/h"')
     with pytest.raises(SiteError, match="url holds a password: remove it") as error:
