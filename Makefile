@@ -34,13 +34,14 @@ test: setup browser postgres
 
 BASELINE ?= 0d77e7f
 
-bench: setup
+bench: setup postgres
 	$(BIN)/python bench/lossless.py
 	$(BIN)/python bench/commands.py --baseline $(BASELINE)
 	$(BIN)/python bench/scaling.py --repeat 3 --baseline $(BASELINE)
 	$(BIN)/python bench/secure_aggregation.py --baseline $(BASELINE)
 	$(BIN)/python bench/deployment.py --baseline $(BASELINE)
 	$(BIN)/python bench/dp_training.py
+	$(BIN)/python bench/omop.py
 
 clean:
 	rm -rf $(VENV) out
