@@ -61,7 +61,7 @@ def cohort_query(cohort: OmopCohort, cdm: str, sets: Sets) -> Query:
                   f"\n  JOIN covariate_{number}_records r ON r.person_id = b.person_id WHERE {window}\n)", start, end)  # fmt: skip
         else:
             q.add(f"),\ncovariate_{number} AS (\n  SELECT person_id, value FROM (\n    SELECT b.person_id, r.value,"
-                  "\n      ROW_NUMBER() OVER (PARTITION BY b.person_id ORDER BY r.day_date DESC, r.record_id DESC) AS k"
+                  "\n      ROW_NUMBER() OVER (PARTITION BY b.person_id ORDER BY r.day_date DESC, r.record_id DESC NULLS LAST) AS k"
                   f"\n    FROM base b JOIN covariate_{number}_records r ON r.person_id = b.person_id WHERE {window}"
                   "\n  ) latest WHERE k = 1\n)", start, end)  # fmt: skip
     _select(q, cohort)

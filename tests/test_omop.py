@@ -415,3 +415,14 @@ def test_protocol_and_site_must_agree_on_the_source(demo, tmp_path):
     files.mkdir()
     with pytest.raises(SiteError, match='sets \\[data\\] source = "omop"'):
         population.cohort(open_site(files), protocol.parse(EXAMPLE + CLEAR))
+
+
+def test_validate_shows_the_cohort_in_words(tmp_path, capsys):
+    from workbench import cli
+
+    path = tmp_path / "study.toml"
+    path.write_text(EXAMPLE + CLEAR)
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  cohort (OMOP CDM, one row per person): drug, days, gi_bleed, age, sex, prior_ulcer\n" in out
+    assert "    Persons exposed to more than one group are excluded.\n" in out

@@ -395,6 +395,10 @@ def _validate(args: argparse.Namespace) -> int:
 
     study = protocol.load(args.protocol)
     print(f"{args.protocol}: valid; sha256 {study.sha256}")
+    omop_cohort = study.model.cohort.omop
+    if omop_cohort is not None:
+        print(f"  cohort (OMOP CDM, one row per person): {', '.join(omop_cohort.columns)}")
+        print("\n".join(f"    {line}" for line in omop_cohort.in_words()))
     for analysis_id, spec in study.analyses.items():
         print(f"  {analysis_id}: {spec.type} on {', '.join(spec.columns())}")  # type: ignore[attr-defined]
     return 0
