@@ -41,6 +41,17 @@ def t_sf(x: Any, df: float) -> Any:
     return _special().stdtr(df, -np.asarray(x, dtype=float))[()]
 
 
+def f_sf(x: float, dfn: float, dfd: float) -> float:
+    return float(_special().fdtrc(dfn, dfd, x))
+
+
+def pearson_p(r: float, n: float) -> float:
+    """Two-sided p of a Pearson correlation r of n pairs, as scipy's `pearsonr` computes it (a beta distribution
+    on [-1, 1] with shape n/2 − 1)."""
+    shape = n / 2 - 1
+    return float(min(1.0, 2 * _special().betainc(shape, shape, (1 - abs(r)) / 2)))
+
+
 def chi2_sf(x: float, df: float) -> float:
     return 1.0 if x <= 0 else float(_special().chdtrc(df, x))
 

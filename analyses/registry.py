@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from analyses import columns as col
-from analyses import crosstab, describe, discovery, glm, ttest
+from analyses import anova, correlation, crosstab, describe, discovery, glm, ttest
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import Item
 from analyses.spec import Spec
@@ -27,11 +27,13 @@ class AnalysisType:
     """Everything a site may return for this analysis, per phase."""
 
 
-_MODULES = (describe, crosstab, ttest, glm, kaplan_meier, logrank, cox)
+_MODULES = (describe, crosstab, ttest, anova, correlation, glm, kaplan_meier, logrank, cox)
 _SPECS = (
     describe.DescribeSpec,
     crosstab.CrosstabSpec,
     ttest.TTestSpec,
+    anova.AnovaSpec,
+    correlation.PearsonSpec,
     glm.GlmSpec,
     kaplan_meier.KaplanMeierSpec,
     logrank.LogrankSpec,

@@ -59,6 +59,8 @@ def lung() -> None:
         describe={"type": "describe", "variables": ["age", "wt.loss", "meal.cal"]},
         crosstab={"type": "crosstab", "row": "sex", "column": "ph.ecog"},
         ttest={"type": "ttest", "variable": "age", "group": "sex"},
+        anova={"type": "anova", "variable": "age", "group": "ph.ecog"},
+        pearson={"type": "pearson", "x": "age", "y": "wt.loss"},
         linear={"type": "linear", "outcome": "wt.loss", "covariates": cov},
         logistic={"type": "logistic", "outcome": "status", "covariates": cov},
         poisson={"type": "poisson", "outcome": "status", "covariates": ["age", "sex"], "exposure": "time"},
@@ -98,6 +100,14 @@ def lung() -> None:
             [r["ttest"][name]["statistic"], r["ttest"][name]["p"]],
             [t.statistic, t.pvalue],
         )
+    rows = data.dropna(subset=["age", "ph.ecog"])
+    f = stats.f_oneway(*(rows.age[rows["ph.ecog"] == level] for level in sorted(rows["ph.ecog"].unique())))
+    record(d, "one-way ANOVA F, p", "scipy", [r["anova"]["statistic"], r["anova"]["p"]], [f.statistic, f.pvalue])
+    rows = data.dropna(subset=["age", "wt.loss"])
+    pearson = stats.pearsonr(rows.age, rows["wt.loss"])
+    interval = pearson.confidence_interval()
+    record(d, "Pearson r, p, CI", "scipy", [r["pearson"][k] for k in ("r", "p", "ci_lower", "ci_upper")],
+           [pearson.statistic, pearson.pvalue, interval.low, interval.high])  # fmt: skip
     names = ["Intercept", *cov]
     formula = " ~ age + sex + Q('ph.ecog')"
     rows = data[["wt.loss", *cov]].dropna()

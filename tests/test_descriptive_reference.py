@@ -80,3 +80,39 @@ def test_distributions_equal_scipy_stats():
     assert [distributions.norm_ppf(q) for q in qs] == [float(stats.norm.ppf(q)) for q in qs]
     assert np.array_equal(distributions.norm_sf(xs), stats.norm.sf(xs))
     assert distributions.norm_sf(1.5) == stats.norm.sf(1.5)
+
+
+@pytest.mark.parametrize(("data", "variable", "group", "groups"), [
+    ("lung", "age", "ph.ecog", None),  # four levels in use, one of them with a single patient
+    ("lung", "wt.loss", "ph.ecog", [0, 1, 2]),
+    ("gbsg", "pnodes", "tgrade", None),  # text levels
+])  # fmt: skip
+def test_one_way_anova_equals_scipy(lung, gbsg, data, variable, group, groups):
+    frames = {"lung": lung, "gbsg": gbsg}[data]
+    block = {"type": "anova", "variable": variable, "group": group, **({"groups": groups} if groups else {})}
+    result = federate(frames, a=block)["a"]
+    rows = pooled(frames).dropna(subset=[variable, group])
+    levels = groups or sorted(rows[group].unique())
+    samples = [rows.loc[rows[group] == level, variable] for level in levels]
+    ref = stats.f_oneway(*samples)
+    assert result["statistic"] == pytest.approx(ref.statistic, abs=1e-10)
+    assert result["p"] == pytest.approx(ref.pvalue, abs=1e-12)
+    assert result["df"] == [len(levels) - 1, sum(map(len, samples)) - len(levels)]
+    for level, sample in zip(levels, samples, strict=True):
+        summary = result["groups"][str(int(level)) if isinstance(level, float) else str(level)]
+        assert summary["n"] == len(sample) and summary["mean"] == pytest.approx(sample.mean(), abs=1e-10)
+
+
+@pytest.mark.parametrize(("data", "x", "y"), [("lung", "age", "wt.loss"), ("lung", "ph.karno", "pat.karno"),
+                                             ("gbsg", "age", "estrec")])  # fmt: skip
+def test_pearson_correlation_equals_scipy(lung, gbsg, data, x, y):
+    frames = {"lung": lung, "gbsg": gbsg}[data]
+    result = federate(frames, r={"type": "pearson", "x": x, "y": y})["r"]
+    rows = pooled(frames).dropna(subset=[x, y])
+    ref = stats.pearsonr(rows[x], rows[y])
+    interval = ref.confidence_interval(confidence_level=0.95)
+    assert result["n"] == len(rows)
+    assert result["r"] == pytest.approx(ref.statistic, abs=1e-12)
+    assert result["p"] == pytest.approx(ref.pvalue, abs=1e-12)
+    assert result["ci_lower"] == pytest.approx(interval.low, abs=1e-12)
+    assert result["ci_upper"] == pytest.approx(interval.high, abs=1e-12)

@@ -26,6 +26,8 @@ LUNG_SUITE = [
     'id = "d"\ntype = "describe"\nvariables = ["age", "wt.loss", "meal.cal"]',
     'id = "x"\ntype = "crosstab"\nrow = "sex"\ncolumn = "ph.ecog"',
     'id = "t"\ntype = "ttest"\nvariable = "age"\ngroup = "sex"',
+    'id = "a"\ntype = "anova"\nvariable = "age"\ngroup = "ph.ecog"',
+    'id = "r"\ntype = "pearson"\nx = "age"\ny = "wt.loss"',
     'id = "ols"\ntype = "linear"\noutcome = "wt.loss"\ncovariates = ["age", "sex", "ph.ecog"]',
     'id = "logit"\ntype = "logistic"\noutcome = "status"\ncovariates = ["age", "sex", "ph.ecog"]',
     'id = "pois"\ntype = "poisson"\noutcome = "status"\ncovariates = ["age", "sex"]\nexposure = "time"',

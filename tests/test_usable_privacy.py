@@ -33,6 +33,8 @@ SUITE = [
     'id = "ols"\ntype = "linear"\noutcome = "wt.loss"\ncovariates = ["age", "sex", "ph.ecog"]',
     'id = "t"\ntype = "ttest"\nvariable = "age"\ngroup = "sex"',
     'id = "xt"\ntype = "crosstab"\nrow = "sex"\ncolumn = "ph.ecog"',
+    'id = "a"\ntype = "anova"\nvariable = "age"\ngroup = "ph.ecog"\ngroups = [0, 1, 2]',
+    'id = "r"\ntype = "pearson"\nx = "age"\ny = "wt.loss"',
 ]
 USED = ["age", "wt.loss", "time", "status", "sex", "ph.ecog"]
 
@@ -52,7 +54,7 @@ def test_default_policies_masked_every_analysis_computes_and_equals_the_pooled_r
     assert exchange.summary()["mode"] == "masked" and exchange.summary()["min_count"] == 5
     assert not exchange.refusals and all("error" not in r for r in results.values()), results
     data = _pooled()
-    assert {r["n"] for r in results.values()} == {len(data)} == {212}
+    assert {r["n"] for name, r in results.items() if name != "a"} == {len(data)} == {212}
     baseline = results["baseline"]["variables"]
     for name in ("age", "wt.loss"):
         assert abs(baseline[name]["mean"] - data[name].mean()) < 1e-10
@@ -80,6 +82,11 @@ def test_default_policies_masked_every_analysis_computes_and_equals_the_pooled_r
     _close(results["ols"]["params"], ["Intercept", "age", "sex", "ph.ecog"], ols.params, ols.bse)
     welch = stats.ttest_ind(men.age, women.age, equal_var=False)
     assert abs(results["t"]["welch"]["statistic"] - welch.statistic) < 1e-10
+    anova = stats.f_oneway(*(data.age[data["ph.ecog"] == level] for level in (0, 1, 2)))  # ECOG 3: one patient
+    assert results["a"]["n"] == 211 and abs(results["a"]["statistic"] - anova.statistic) < 1e-10
+    assert abs(results["a"]["p"] - anova.pvalue) < 1e-12
+    pearson = stats.pearsonr(data.age, data["wt.loss"])
+    assert abs(results["r"]["r"] - pearson.statistic) < 1e-12 and abs(results["r"]["p"] - pearson.pvalue) < 1e-12
 
 
 def _close(params, names, coef, se) -> None:

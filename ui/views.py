@@ -110,6 +110,21 @@ def _ttest(name: str, result: dict[str, Any], role: Role) -> None:
     table(pd.DataFrame(rows).T.assign(difference=result["difference"]), f"{name}-tests")
 
 
+def _anova(name: str, result: dict[str, Any], role: Role) -> None:
+    groups = pd.DataFrame(result["groups"]).T
+    if role.viewer:
+        groups["n"] = groups["n"].map(lambda v: count(int(v), role))
+    table(groups, f"{name}-groups")
+    table(pd.DataFrame({key: result[key] for key in ("between", "within")}).T, f"{name}-anova")
+    st.caption(f"F = {result['statistic']:.4f} on {result['df'][0]} and {result['df'][1]:g} df, p = {result['p']:.4g}")
+
+
+def _pearson(name: str, result: dict[str, Any], role: Role) -> None:
+    st.write(f"r({result['x']}, {result['y']}) = {result['r']:.4f}, CI "
+             f"[{result['ci_lower']:.4f}, {result['ci_upper']:.4f}]; t = {result['statistic']:.4f} on "
+             f"{result['df']:g} df, p = {result['p']:.4g}; n = {count(result['n'], role)}")  # fmt: skip
+
+
 def _regression(name: str, result: dict[str, Any], role: Role) -> None:
     frame = pd.DataFrame(result["params"]).T
     table(frame, name)
@@ -174,6 +189,8 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {
     "describe": _describe,
     "crosstab": _crosstab,
     "ttest": _ttest,
+    "anova": _anova,
+    "pearson": _pearson,
     "linear": _regression,
     "logistic": _regression,
     "poisson": _regression,

@@ -239,8 +239,11 @@ class SiteExchange:
 
 
 def _total(replies: list[Reply], analysis_id: str, mode: str) -> Contribution:
-    """Column kinds as their union, every other array as its exact sum (masked arrays unmasked: the masks cancel)."""
-    parts = [(r.site, r.contributions[analysis_id]) for r in replies]
+    """Column kinds as their union, every other array as its exact sum (masked arrays unmasked: the masks cancel).
+
+    A reply without the analysis sent nothing for it (e.g. a discovery of numeric columns only: nothing to tell).
+    """
+    parts = [(r.site, r.contributions.get(analysis_id, {})) for r in replies]
     total = reduce_contributions([(site, {k: v for k, v in c.items() if public(k)}) for site, c in parts])
     if mode == "clear":
         return {**total, **reduce_contributions([(site, {k: v for k, v in c.items() if not public(k)})
@@ -248,7 +251,7 @@ def _total(replies: list[Reply], analysis_id: str, mode: str) -> Contribution:
     keys = {key for _, contribution in parts for key in contribution if not public(key)}
     for key in sorted(keys):
         name = f"{analysis_id}/{key}"
-        arrays = [r.contributions[analysis_id].get(key) for r in replies]
+        arrays = [contribution.get(key) for _, contribution in parts]
         if (
             any(a is None for a in arrays)
             or len({a.shape for a in arrays}) != 1

@@ -131,6 +131,20 @@ def _ttest(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _anova(result: dict[str, Any]) -> str:
+    between, within = result["between"], result["within"]
+    return "\n".join([
+        _table(result["groups"]),
+        f"between groups: SS = {between['ss']:.4g}, df = {between['df']}; within: SS = {within['ss']:.4g}, "
+        f"df = {within['df']:g}; F = {result['statistic']:.4f}, p = {result['p']:.4g}",
+    ])  # fmt: skip
+
+
+def _pearson(result: dict[str, Any]) -> str:
+    return (f"r({result['x']}, {result['y']}) = {result['r']:.4f} [{result['ci_lower']:.4f}, {result['ci_upper']:.4f}], "
+            f"n = {result['n']}, t = {result['statistic']:.4f}, df = {result['df']:g}, p = {result['p']:.4g}")  # fmt: skip
+
+
 def _glm(result: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -183,6 +197,8 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "describe": _describe,
     "crosstab": _crosstab,
     "ttest": _ttest,
+    "anova": _anova,
+    "pearson": _pearson,
     "linear": _glm,
     "logistic": _glm,
     "poisson": _glm,
