@@ -15,7 +15,7 @@ from analyses import anova, correlation, crosstab, describe, discovery, glm, tte
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import Item
 from analyses.spec import Spec
-from analyses.survival import cox, kaplan_meier, logrank
+from analyses.survival import cox, kaplan_meier, logrank, rmst
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class AnalysisType:
     """Everything a site may return for this analysis, per phase."""
 
 
-_MODULES = (describe, crosstab, ttest, anova, correlation, glm, kaplan_meier, logrank, cox)
+_MODULES = (describe, crosstab, ttest, anova, correlation, glm, kaplan_meier, rmst, logrank, cox)
 _SPECS = (
     describe.DescribeSpec,
     crosstab.CrosstabSpec,
@@ -36,6 +36,7 @@ _SPECS = (
     correlation.PearsonSpec,
     glm.GlmSpec,
     kaplan_meier.KaplanMeierSpec,
+    rmst.RmstSpec,
     logrank.LogrankSpec,
     cox.CoxSpec,
 )

@@ -20,7 +20,7 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import logrank_test, multivariate_logrank_test
-from lifelines.utils import concordance_index
+from lifelines.utils import concordance_index, restricted_mean_survival_time
 from pydantic import TypeAdapter
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
@@ -65,6 +65,7 @@ def lung() -> None:
         logistic={"type": "logistic", "outcome": "status", "covariates": cov},
         poisson={"type": "poisson", "outcome": "status", "covariates": ["age", "sex"], "exposure": "time"},
         km={"type": "kaplan_meier", **surv, "group": "sex"},
+        rmst={"type": "rmst", **surv, "group": "sex", "tau": 365},
         logrank={"type": "logrank", **surv, "group": "sex"},
         logrank4={"type": "logrank", **surv, "group": "ph.ecog"},
         logrank_site={"type": "logrank", **surv, "group": "sex", "strata": ["site"]},
@@ -100,6 +101,10 @@ def lung() -> None:
             [r["ttest"][name]["statistic"], r["ttest"][name]["p"]],
             [t.statistic, t.pvalue],
         )
+    for sex in (1, 2):
+        part = data[data.sex == sex]
+        reference = restricted_mean_survival_time(KaplanMeierFitter().fit(part.time, part.status), t=365)
+        record(d, f"RMST τ = 365 (sex {sex})", "lifelines", [r["rmst"]["groups"][str(sex)]["rmst"]], [reference])
     rows = data.dropna(subset=["age", "ph.ecog"])
     f = stats.f_oneway(*(rows.age[rows["ph.ecog"] == level] for level in sorted(rows["ph.ecog"].unique())))
     record(d, "one-way ANOVA F, p", "scipy", [r["anova"]["statistic"], r["anova"]["p"]], [f.statistic, f.pvalue])

@@ -167,7 +167,7 @@ def test_declared_values_missing_values_and_time_resolution_are_listed(planned):
     assert document["minimisation"]["missing"] == "complete_cases"
     everything = protocol.population(next(iter(protocol.analyses.values())))
     assert all(entry["population"] == everything for entry in document["disclosure"]["analyses"])
-    survival = [key for key, spec in protocol.analyses.items() if spec.type in ("kaplan_meier", "logrank", "cox")]
+    survival = [key for key, spec in protocol.analyses.items() if spec.type in ("kaplan_meier", "rmst", "logrank", "cox")]
     resolutions = [{"analysis": key, "grid": None, "width": 1.0} for key in survival]  # the default: whole days
     assert document["privacy"]["time_resolutions"] == resolutions
     html = flat((folder / "ethics" / "ethics.html").read_text(encoding="utf-8"))

@@ -153,3 +153,49 @@ def test_stratified_cox_equals_statsmodels(lung, strata):
     np.testing.assert_allclose([result["params"][k]["coef"] for k in ("age", "sex", "ph.ecog")], ref.params, atol=1e-10)
     np.testing.assert_allclose([result["params"][k]["se"] for k in ("age", "sex", "ph.ecog")], ref.bse, atol=1e-10)
     assert result["log_likelihood"] == pytest.approx(ref.llf, abs=1e-9)
+
+
+def _rmst_reference(rows: pd.DataFrame, duration: str, event: str, tau: float) -> tuple[float, float]:
+    """lifelines' RMST and, independently, its Greenwood-type standard error from lifelines' event table."""
+    from lifelines.utils import restricted_mean_survival_time
+
+    km = KaplanMeierFitter().fit(rows[duration], rows[event])
+    table = km.event_table.loc[km.event_table.index <= tau]
+    times = np.append(table.index.to_numpy(dtype=float), tau)
+    survival = km.survival_function_.iloc[:, 0].loc[table.index].to_numpy()
+    area_after = np.cumsum((survival * np.diff(times))[::-1])[::-1]  # ∫ from each time to τ
+    n, d = table["at_risk"].to_numpy(dtype=float), table["observed"].to_numpy(dtype=float)
+    used = (d > 0) & (n > d)
+    variance = np.sum(area_after[used] ** 2 * d[used] / (n[used] * (n[used] - d[used])))
+    return restricted_mean_survival_time(km, t=tau), float(np.sqrt(variance))
+
+
+@pytest.mark.parametrize(("data", "duration", "event", "group", "tau"), [
+    ("lung", "time", "status", "sex", 365.0),
+    ("lung", "time", "status", None, 730.0),
+    ("gbsg", "time", "cens", "horTh", 1825.0),
+])  # fmt: skip
+def test_rmst_equals_lifelines(lung, gbsg, data, duration, event, group, tau):
+    frames = {"lung": lung, "gbsg": gbsg}[data]
+    block = {"type": "rmst", "duration": duration, "event": event, "tau": tau, **({"group": group} if group else {})}
+    result = federate(frames, r=block)["r"]
+    rows = pooled(frames).dropna(subset=[c for c in (duration, event, group) if c])
+    groups = rows.groupby(group) if group else [("all", rows)]
+    estimates = {}
+    for key, part in groups:
+        name = str(int(key)) if isinstance(key, float | int) and group else str(key)
+        rmst, se = _rmst_reference(part, duration, event, tau)
+        got = result["groups"][name]
+        assert got["rmst"] == pytest.approx(rmst, abs=1e-10)
+        assert got["se"] == pytest.approx(se, abs=1e-10)
+        estimates[name] = (rmst, se)
+    if group:
+        (first, (m1, s1)), (_, (m2, s2)) = estimates.items()
+        assert result["difference"]["groups"][0] == first
+        assert result["difference"]["estimate"] == pytest.approx(m1 - m2, abs=1e-10)
+        assert result["difference"]["se"] == pytest.approx(np.hypot(s1, s2), abs=1e-10)
+
+
+def test_rmst_beyond_the_last_follow_up_is_refused(lung):
+    with pytest.raises(AssertionError, match="beyond the group's last follow-up time"):
+        federate(lung, r={"type": "rmst", "duration": "time", "event": "status", "tau": 5000.0})

@@ -11,6 +11,7 @@ import pytest
 import statsmodels.api as sm
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
+from lifelines.utils import restricted_mean_survival_time
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
 
@@ -35,6 +36,7 @@ SUITE = [
     'id = "xt"\ntype = "crosstab"\nrow = "sex"\ncolumn = "ph.ecog"',
     'id = "a"\ntype = "anova"\nvariable = "age"\ngroup = "ph.ecog"\ngroups = [0, 1, 2]',
     'id = "r"\ntype = "pearson"\nx = "age"\ny = "wt.loss"',
+    f'id = "rmst"\ntype = "rmst"\n{SURV}\ngroup = "sex"\ntau = 365',
 ]
 USED = ["age", "wt.loss", "time", "status", "sex", "ph.ecog"]
 
@@ -85,6 +87,10 @@ def test_default_policies_masked_every_analysis_computes_and_equals_the_pooled_r
     anova = stats.f_oneway(*(data.age[data["ph.ecog"] == level] for level in (0, 1, 2)))  # ECOG 3: one patient
     assert results["a"]["n"] == 211 and abs(results["a"]["statistic"] - anova.statistic) < 1e-10
     assert abs(results["a"]["p"] - anova.pvalue) < 1e-12
+    for sex in (1, 2):
+        first_year = restricted_mean_survival_time(KaplanMeierFitter().fit(data.time[data.sex == sex],
+                                                                            data.status[data.sex == sex]), t=365)  # fmt: skip
+        assert abs(results["rmst"]["groups"][str(sex)]["rmst"] - first_year) < 1e-10
     pearson = stats.pearsonr(data.age, data["wt.loss"])
     assert abs(results["r"]["r"] - pearson.statistic) < 1e-12 and abs(results["r"]["p"] - pearson.pvalue) < 1e-12
 

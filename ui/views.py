@@ -125,6 +125,15 @@ def _pearson(name: str, result: dict[str, Any], role: Role) -> None:
              f"{result['df']:g} df, p = {result['p']:.4g}; n = {count(result['n'], role)}")  # fmt: skip
 
 
+def _rmst(name: str, result: dict[str, Any], role: Role) -> None:
+    st.caption(f"Mean survival time restricted to τ = {result['tau']:g} (area under the Kaplan–Meier curve)")
+    table(pd.DataFrame(result["groups"]).T, f"{name}-groups")
+    if "difference" in result:
+        diff = result["difference"]
+        st.write(f"{' − '.join(diff['groups'])}: {diff['estimate']:.4g} [{diff['ci_lower']:.4g}, {diff['ci_upper']:.4g}]"
+                 f", z = {diff['z']:.4f}, p = {diff['p']:.4g}")  # fmt: skip
+
+
 def _regression(name: str, result: dict[str, Any], role: Role) -> None:
     frame = pd.DataFrame(result["params"]).T
     table(frame, name)
@@ -195,5 +204,6 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {
     "logistic": _regression,
     "poisson": _regression,
     "logrank": _logrank,
+    "rmst": _rmst,
     "cox": _cox,
 }

@@ -145,6 +145,16 @@ def _pearson(result: dict[str, Any]) -> str:
             f"n = {result['n']}, t = {result['statistic']:.4f}, df = {result['df']:g}, p = {result['p']:.4g}")  # fmt: skip
 
 
+def _rmst(result: dict[str, Any]) -> str:
+    lines = [f"restricted to tau = {result['tau']:g}", _table(result["groups"])]
+    if "difference" in result:
+        diff = result["difference"]
+        first, second = diff["groups"]
+        lines.append(f"{first} − {second}: {diff['estimate']:.4g} [{diff['ci_lower']:.4g}, {diff['ci_upper']:.4g}], "
+                     f"z = {diff['z']:.4f}, p = {diff['p']:.4g}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _glm(result: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -203,5 +213,6 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "logistic": _glm,
     "poisson": _glm,
     "logrank": _logrank,
+    "rmst": _rmst,
     "cox": _cox,
 }
