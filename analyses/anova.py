@@ -88,9 +88,14 @@ def _chosen(spec: AnovaSpec, levels: list[col.Level]) -> list[col.Level]:
 
 
 def local(spec: AnovaSpec, rows: pd.DataFrame, query: Query) -> Contribution:
-    levels = query.params["levels"][spec.group]
-    index = col.codes(rows, spec.group, levels)
-    x = col.numeric(rows, spec.variable)
+    return group_moments(rows, spec.variable, spec.group, query)
+
+
+def group_moments(rows: pd.DataFrame, variable: str, group: str, query: Query) -> Contribution:
+    """Per chosen level of `group`: n and Σx ("moments"), or Σ(x − x̄_g)² about the given means ("spread")."""
+    levels = query.params["levels"][group]
+    index = col.codes(rows, group, levels)
+    x = col.numeric(rows, variable)
     groups = [x[index == levels.index(level)] for level in query.params["chosen"]]
     if query.phase == "moments":
         return {"n": np.array([len(g) for g in groups]), "sum": np.array([g.sum() for g in groups])}

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from analyses import anova, discovery, distributions
 from analyses import columns as col
-from analyses import discovery, distributions
 from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
@@ -107,15 +107,4 @@ def _test(diff: float, se: float, df: float, alpha: float) -> dict[str, Any]:
 
 
 def local(spec: TTestSpec, rows: pd.DataFrame, query: Query) -> Contribution:
-    chosen = query.params["chosen"]
-    index = col.codes(rows, spec.group, query.params["levels"][spec.group])
-    levels = query.params["levels"][spec.group]
-    x = col.numeric(rows, spec.variable)
-    groups = [x[index == levels.index(level)] for level in chosen]
-    if query.phase == "moments":
-        return {
-            "n": np.array([len(g) for g in groups]),
-            "sum": np.array([g.sum() for g in groups]),
-        }
-    means = query.params["means"]
-    return {"ss": np.array([np.sum((g - m) ** 2) for g, m in zip(groups, means, strict=True)])}
+    return anova.group_moments(rows, spec.variable, spec.group, query)

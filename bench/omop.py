@@ -75,12 +75,6 @@ def timed(action: Callable[[], object], repeat: int) -> tuple[float, object]:
     return statistics.median(seconds), value
 
 
-def site(folder: Path, data: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "site.toml").write_text(f'[site]\nid = "{folder.name}"\n\n[data]\nsource = "omop"\n{data}\n')
-    return folder
-
-
 def federated(work: Path, cdm: Path) -> tuple[float, int]:
     """Wall seconds of the whole `workbench run` of the demo study on 4 hospitals split from `cdm`."""
     sites = demo.build_omop_sites(work / "sites", cdm)
@@ -112,11 +106,11 @@ def main() -> None:
         built = time.perf_counter() - started
         single = len(
             omop.materialise(
-                open_site(site(work / "eunomia", f'url = "duckdb://{eunomia.eunomia_path()}"')), cohort
+                open_site(demo.omop_site(work / "eunomia", f'url = "duckdb://{eunomia.eunomia_path()}"')), cohort
             ).rows
         )
 
-        local = open_site(site(work / "duckdb", f'url = "duckdb://{work / "cdm.duckdb"}"'))
+        local = open_site(demo.omop_site(work / "duckdb", f'url = "duckdb://{work / "cdm.duckdb"}"'))
         duck_s, found = timed(lambda: omop.materialise(local, cohort), args.repeat)
         rows = len(found.rows)  # type: ignore[union-attr]
         assert rows == single * args.copies, (rows, single)
@@ -136,7 +130,7 @@ def main() -> None:
                 load_cdm(work / "cdm.duckdb", server, "cdm", "cdm", "steward", tables=READ)
                 loaded = time.perf_counter() - started
                 os.environ["BENCH_PG_PASSWORD"] = "bench-password"
-                remote = open_site(site(work / "postgres", f'url = "{server.url("steward", "cdm")}"\n'
+                remote = open_site(demo.omop_site(work / "postgres", f'url = "{server.url("steward", "cdm")}"\n'
                                         'cdm_schema = "cdm"\npassword_env = "BENCH_PG_PASSWORD"'))  # fmt: skip
                 pairs = []  # PostgreSQL and DuckDB in turn, so that the machine's drift hits both alike
                 for _ in range(args.repeat):

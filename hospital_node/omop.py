@@ -33,8 +33,9 @@ class Materialised:
 def materialise(site: Site, cohort: OmopCohort) -> Materialised:
     """The cohort at this site, or SiteError (unreachable database, missing table, unsupported CDM, empty cohort)."""
     with cdm.connect(site) as db:
-        _check_version(site, db)
-        _check_tables(site, db, cohort)
+        tables = db.tables()
+        _check_version(db, tables)
+        _check_tables(db, cohort, tables)
         warnings = _unknown_concepts(db, cohort)
         expansion = omop_sql.expansion_query(cohort, db.vocabulary)
         sets: omop_sql.Sets = {name: [] for name in cohort.concept_sets}
@@ -56,12 +57,12 @@ def materialise(site: Site, cohort: OmopCohort) -> Materialised:
 def vocabulary_warnings(site: Site, cohort: OmopCohort) -> list[str]:
     """For the steward's review: the protocol's concept ids missing from this site's vocabulary."""
     with cdm.connect(site) as db:
-        _check_tables(site, db, cohort)
+        _check_tables(db, cohort, db.tables())
         return _unknown_concepts(db, cohort)
 
 
-def _check_version(site: Site, db: cdm.Cdm) -> None:
-    if f"{db.cdm}.cdm_source" not in db.tables():
+def _check_version(db: cdm.Cdm, tables: dict[str, set[str]]) -> None:
+    if f"{db.cdm}.cdm_source" not in tables:
         raise SiteError(f"{db.label} has no table {db.cdm}.cdm_source; is cdm_schema right, "
                         "and is this an OMOP CDM database?")  # fmt: skip
     versions = [str(row[0] or "") for row in db.rows(f"SELECT cdm_version FROM {db.cdm}.cdm_source")]
@@ -71,8 +72,7 @@ def _check_version(site: Site, db: cdm.Cdm) -> None:
                         f"the node reads versions {', '.join(SUPPORTED)}")  # fmt: skip
 
 
-def _check_tables(site: Site, db: cdm.Cdm, cohort: OmopCohort) -> None:
-    tables = db.tables()
+def _check_tables(db: cdm.Cdm, cohort: OmopCohort, tables: dict[str, set[str]]) -> None:
     for table, columns in cohort.reads().items():
         name = f"{db.vocabulary if table in VOCABULARY_TABLES else db.cdm}.{table}"
         if name not in tables:

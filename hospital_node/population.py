@@ -77,7 +77,8 @@ def _omop_cohort(site: Site, protocol: Protocol) -> Cohort:
     source = site.data
     if source.engine == "duckdb":
         path = source.duckdb_file(site.path)
-        version: tuple[object, ...] = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else ()
+        stat = path.stat() if path.is_file() else None
+        version: tuple[object, ...] = (stat.st_mtime_ns, stat.st_size) if stat else ()
     else:
         version = (int(time.monotonic() // OMOP_REREAD_S),)
     key = (site.path, source, protocol.sha256, *version)

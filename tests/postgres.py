@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,8 @@ import duckdb
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.federation import free_port
 
 POSTGRES_TYPES = {
     "BIGINT": "bigint",
@@ -76,12 +77,6 @@ def process_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(command: list[str], cwd: Path) -> None:
@@ -142,7 +137,7 @@ def start_postgres(tmp: Path, settings: dict[str, str] | None = None) -> Iterato
     try:
         _run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
               "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"], base)  # fmt: skip
-        port = _free_port()
+        port = free_port()
         options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
         options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())

@@ -25,6 +25,7 @@ from hospital_node.site import SiteError, open_site
 from tests.omop_reference import duckdb_tables, reference_cohort, tiny_cdm, tiny_cohort
 from tests.postgres import create_role_and_database, load_cdm, start_postgres
 from workbench import eunomia, protocol
+from workbench.demo import omop_site
 from workbench.omop_cohort import OmopCohort
 
 EXAMPLE = (Path(__file__).resolve().parents[1] / "workbench" / "examples" / "eunomia-celecoxib.toml").read_text()
@@ -39,12 +40,6 @@ def example(**exposure: object) -> OmopCohort:
     return cohort.model_copy(update={"exposure": cohort.exposure.model_copy(update=exposure)}) if exposure else cohort
 
 
-def omop_site(folder: Path, data: str, site_id: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "site.toml").write_text(f'[site]\nid = "{site_id or folder.name}"\n\n[data]\nsource = "omop"\n{data}\n')
-    return folder
-
-
 def node_frame(folder: Path, cohort: OmopCohort) -> pd.DataFrame:
     """The node's materialised cohort with its person ids in front (as the reference lays it out)."""
     found = omop.materialise(open_site(folder), cohort)
@@ -55,7 +50,7 @@ def node_frame(folder: Path, cohort: OmopCohort) -> pd.DataFrame:
 def eunomia_site(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("eunomia-site")
     shutil.copy(eunomia.eunomia_path(), folder / "cdm.duckdb")
-    return omop_site(folder, 'url = "duckdb://cdm.duckdb"', "eunomia")
+    return omop_site(folder, 'url = "duckdb://cdm.duckdb"')
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def tiny_site(tmp_path_factory) -> Path:
             columns = ", ".join(f"CAST({c} AS DATE) AS {c}" if c.endswith("_date") else c for c in frame.columns)
             db.execute(f"CREATE TABLE {name} AS SELECT {columns} FROM frame")
             db.unregister("frame")
-    return omop_site(folder, 'url = "duckdb://cdm.duckdb"', "tiny")
+    return omop_site(folder, 'url = "duckdb://cdm.duckdb"')
 
 
 @pytest.mark.parametrize(

@@ -67,14 +67,20 @@ def build_omop_sites(folder: Path, source: Path | None = None) -> list[Path]:
     sites = [folder / f"omop-{number + 1}" for number in range(len(eunomia.SHARES))]
     for number, site in enumerate(sites):
         shutil.rmtree(site, ignore_errors=True)
-        site.mkdir(parents=True)
-        (site / "site.toml").write_text(
-            f'[site]\nid = "omop-{number + 1}"\nname = "Hospital {number + 1} (Eunomia persons, OMOP CDM 5.3)"\n\n'
-            '[data]\nsource = "omop"\nurl = "duckdb://cdm.duckdb"\n',
-            encoding="utf-8",
-        )
+        omop_site(site, 'url = "duckdb://cdm.duckdb"', f"Hospital {number + 1} (Eunomia persons, OMOP CDM 5.3)")
     eunomia.split([site / "cdm.duckdb" for site in sites], source)
     return sites
+
+
+def omop_site(folder: Path, data: str, name: str | None = None) -> Path:
+    """A site folder (id = its name) whose site.toml reads an OMOP CDM: `data` holds the [data] lines after
+    `source = "omop"` (url, schemas, password_env)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f'name = "{name}"\n' if name else ""
+    (folder / "site.toml").write_text(
+        f'[site]\nid = "{folder.name}"\n{title}\n[data]\nsource = "omop"\n{data}\n', encoding="utf-8"
+    )
+    return folder
 
 
 def _truncate(path: Path) -> None:
