@@ -35,6 +35,11 @@ class Control(StrEnum):
     """Checked like MINIMUM but never sent."""
     SATURATION = "saturation"
     """Guard [rows, parameters]: refuse unless rows ≥ parameters × the policy's rows per parameter."""
+    RANK = "rank"
+    """A quantile search's counts: per target row, values at or below each cut point, then the row's values in all.
+    A site's own counts must leave 0 or ≥ k values on each side of every cut; cross-site totals are published only
+    as whether each cut reaches the target's rank (the query's `ranks`), and not at all for a rank with fewer than
+    k values below or above it."""
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,20 @@ def release(
     return released
 
 
-def publish(total: Contribution, manifest: tuple[Item, ...], phase: str, limits: Limits, sites: int) -> Contribution:
+def publish(
+    total: Contribution,
+    manifest: tuple[Item, ...],
+    phase: str,
+    limits: Limits,
+    sites: int,
+    params: dict[str, Any] | None = None,
+) -> Contribution:
     """The study's rules on cross-site totals under secure aggregation, before a plan sees them.
 
     Counts per time cell are the pooled event table and pass as a pooled analysis would show them;
     other minimums and guards must hold for the totals (else AnalysisError: nothing is published);
-    RANGE counts below the minimum become honest ranges. `sites` is the number of contributors.
+    RANGE counts below the minimum become honest ranges; RANK counts become comparisons with the
+    query's `params["ranks"]`. `sites` is the number of contributors.
     """
     published: Contribution = {}
     for key, value in total.items():
@@ -119,6 +132,9 @@ def publish(total: Contribution, manifest: tuple[Item, ...], phase: str, limits:
             raise AnalysisError(f"sites sent '{key}', which is not in the analysis' disclosure manifest")
         if item.control == Control.SATURATION:
             value = np.array([value[0], value[1] // max(sites, 1)])  # every site sent the same parameter count
+        if item.control == Control.RANK:
+            published[key] = reached(value, (params or {})["ranks"][key.split(":", 1)[1]], limits.min_count)
+            continue
         if not item.per_time:
             check(item, value, limits, AnalysisError, totals=True)
         if item.control == Control.RANGE:
@@ -134,9 +150,29 @@ def publish(total: Contribution, manifest: tuple[Item, ...], phase: str, limits:
     return published
 
 
+def reached(counts: np.ndarray, ranks: list[int], k: int) -> np.ndarray:
+    """A quantile search's cross-site counts as published: per target row, its rank r at each cut the count reaches
+    and 0 where it does not, the row's total last; a row whose rank has fewer than k values below or above it is
+    withheld (all −1)."""
+    out = np.full(np.shape(counts), -1, dtype=np.int64)
+    for row, (values, rank) in enumerate(zip(counts, ranks, strict=True)):
+        n = int(values[-1])
+        if rank - 1 >= k and n - rank >= k:
+            out[row, :-1] = np.where(values[:-1] >= rank, rank, 0)
+            out[row, -1] = n
+    return out
+
+
 def check(item: Item, value: np.ndarray, limits: Limits, fail: type[Exception], totals: bool = False) -> None:
     """Raise `fail` if `value` breaks the item's minimum, guard or saturation rule (the message names the rule)."""
     k = limits.min_time_count if item.per_time else limits.min_count
+    if item.control == Control.RANK:
+        below = np.asarray(value)[..., :-1]
+        above = np.asarray(value)[..., -1:] - below
+        if np.any((below > 0) & (below < k)) or np.any((above > 0) & (above < k)):
+            raise fail(f"{item.meaning}: between 1 and {k - 1} values below or above a cut point (the site's "
+                       f"minimum is {k}; under secure aggregation only the cross-site totals are compared)")  # fmt: skip
+        return
     if item.control in (Control.MINIMUM, Control.GUARD) and np.any((value > 0) & (value < k)):
         if totals:
             raise fail(f"not published: {item.meaning}: a cross-site total between 1 and {k - 1} "
@@ -193,6 +229,7 @@ def rule(item: Item, limits: Limits, masked: bool) -> str:
             Control.MINIMUM: f"sent if each count is 0 or ≥ {k}, else refused",
             Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
             Control.SATURATION: f"checked (≥ {limits.rows_per_parameter} rows per parameter), never sent",
+            Control.RANK: f"sent if 0 or ≥ {k} values lie below and above each cut point, else refused",
         }[item.control]
         if not masked:
             return own
@@ -211,6 +248,9 @@ def rule(item: Item, limits: Limits, masked: bool) -> str:
         Control.GUARD: f"masked; checked on the cross-site total (each 0 or ≥ k, k ≥ {k}), never published",
         Control.SATURATION: f"masked; the cross-site rows must reach {limits.rows_per_parameter} per parameter "
         "(the largest of the sites' rows per parameter)",
+        Control.RANK: "masked; of the cross-site totals only whether each cut point reaches the rank sought is "
+        f"published, and nothing for a rank with fewer than k values below or above it (k ≥ {k}): never a minimum "
+        "or maximum",
     }[item.control]
 
 

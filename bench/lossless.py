@@ -31,6 +31,7 @@ from analyses.registry import AnySpec
 from workbench.datasets import lung_institutions
 
 TIGHT = {"step_size": 1.0, "precision": 1e-12, "r_precision": 0.0}
+QS = ("0.25", "0.5", "0.75")
 FLAMBY_PUBLISHED = {"pooled (FLamby)": 0.676, "FedAvg (FLamby)": 0.732, "best strategy (FLamby)": 0.815}
 ROWS: list[tuple[str, str, str, float]] = []
 
@@ -82,6 +83,9 @@ def lung() -> None:
     ]
     theirs = [v for name in ("age", "wt.loss", "meal.cal") for v in (data[name].mean(), data[name].std())]
     record(d, "describe mean, sd", "pandas", ours, theirs)
+    quantiles = [r["describe"]["variables"][n]["quantiles"][q] for n in ("age", "wt.loss", "meal.cal") for q in QS]
+    reference = [data[n].quantile(float(q)) for n in ("age", "wt.loss", "meal.cal") for q in QS]
+    record(d, "describe quartiles", "pandas", quantiles, reference)
     table = pd.crosstab(data.sex, data["ph.ecog"]).to_numpy()
     chi2 = stats.chi2_contingency(table)
     record(

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analyses import distributions
-from tests.conftest import federate, pooled
+from analyses import distributions, order_statistics
+from analyses.disclosure import reached
+from tests.conftest import SPEC, federate, pooled
 
 
 def test_describe_numeric_and_text(gbsg, lung):
@@ -116,3 +117,54 @@ def test_pearson_correlation_equals_scipy(lung, gbsg, data, x, y):
     assert result["p"] == pytest.approx(ref.pvalue, abs=1e-12)
     assert result["ci_lower"] == pytest.approx(interval.low, abs=1e-12)
     assert result["ci_upper"] == pytest.approx(interval.high, abs=1e-12)
+
+
+QUANTILES = [0.01, 0.1, 0.25, 0.33, 0.5, 0.75, 0.9, 0.99]
+
+
+@pytest.mark.parametrize("data, variables", [("lung", ["age", "wt.loss", "meal.cal", "time"]),
+                                             ("gbsg", ["age", "tsize", "pnodes", "progrec", "time"])])  # fmt: skip
+def test_describe_quantiles_equal_pandas_to_the_bit(lung, gbsg, data, variables):
+    """Missing values, ties, negative values, skewed counts: every quantile equals pandas' (0 difference)."""
+    frames = {"lung": lung, "gbsg": gbsg}[data]
+    result = federate(frames, d={"type": "describe", "variables": variables, "quantiles": QUANTILES})["d"]
+    rows = pooled(frames)
+    for name in variables:
+        assert result["variables"][name]["quantiles"] == {f"{q:g}": rows[name].quantile(q) for q in QUANTILES}
+        assert "quantiles_withheld" not in result["variables"][name]
+
+
+def test_order_statistic_keys_keep_the_order_of_floats():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1e3, 2000), rng.exponential(1e-300, 50), [-np.inf, np.inf, 0.0, -0.0,
+                             5e-324, -5e-324, np.finfo(float).max, -np.finfo(float).max]])  # fmt: skip
+    keys = order_statistics.keys(values)
+    assert np.array_equal(np.argsort(keys, kind="stable"), np.argsort(values + 0.0, kind="stable"))
+    assert [order_statistics.value(int(k)) for k in keys] == list(values + 0.0)
+    assert order_statistics.LOWEST == order_statistics.keys(np.array([-np.inf]))[0]
+    assert order_statistics.HIGHEST == order_statistics.keys(np.array([np.inf]))[0]
+
+
+def test_quantiles_never_release_a_minimum_or_maximum():
+    frames = {"a": pd.DataFrame({"x": [3.0, 9.0]}), "b": pd.DataFrame({"x": [4.0, np.nan]})}
+    result = federate(frames, d={"type": "describe", "variables": ["x"], "quantiles": [0.25, 0.5, 0.99]})["d"]
+    got = result["variables"]["x"]
+    assert got["quantiles"] == {"0.25": None, "0.5": 4.0, "0.99": None}  # 0.25 reads the minimum, 0.99 the maximum
+    assert "never a minimum or maximum" in got["quantiles_withheld"]
+    assert "quantiles" not in federate(frames, d={"type": "describe", "variables": ["x"], "quantiles": []})["d"][
+        "variables"]["x"]  # fmt: skip
+
+
+@pytest.mark.parametrize("quantiles", [[0.0, 0.5], [0.5, 1.0], [1.5]])
+def test_quantiles_outside_zero_one_are_refused(quantiles):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        SPEC.validate_python({"id": "d", "type": "describe", "variables": ["x"], "quantiles": quantiles})
+
+
+def test_published_quantile_counts_are_only_comparisons_with_the_rank():
+    """Under secure aggregation a cut point's cross-site count is published only as reached (the rank) or not (0);
+    a rank with fewer than k values on one side is withheld (−1) whatever the counts."""
+    counts = np.array([[0, 3, 40, 41, 100, 100], [0, 3, 40, 41, 100, 100], [0, 3, 40, 41, 100, 100]])
+    published = reached(counts, [41, 4, 97], 5)
+    np.testing.assert_array_equal(published[0], [0, 0, 0, 41, 41, 100])
+    assert (published[1:] == -1).all()

@@ -61,6 +61,7 @@ def test_default_policies_masked_every_analysis_computes_and_equals_the_pooled_r
     for name in ("age", "wt.loss"):
         assert abs(baseline[name]["mean"] - data[name].mean()) < 1e-10
         assert abs(baseline[name]["sd"] - data[name].std()) < 1e-10
+        assert baseline[name]["quantiles"] == {f"{q:g}": data[name].quantile(q) for q in (0.25, 0.5, 0.75)}  # exact
     for sex in (1, 2):
         group = data[data.sex == sex]
         km = KaplanMeierFitter().fit(group.time, group.status)
@@ -244,7 +245,11 @@ def test_the_dry_run_releases_nothing_and_tells_which_site_would_refuse_by_which
     results, _ = study(two, clear + roster(two), approve=False)
     for site in ("hospital-1", "hospital-2"):
         refused = {key for key, reason in predicted[site].items() if reason}
-        assert refused == {key for key, result in results.items() if site in result.get("refused_by", {})}
+        assert refused == {key for key, result in results.items() if site in result.get("refused_by", {})} | {
+            "baseline"  # its quantile search is refused (a quantile is then withheld, the moments are computed)
+        }
+        assert "refused by hospital-" in results["baseline"]["variables"]["age"]["quantiles_withheld"]
+        assert predicted[site]["baseline"] in results["baseline"]["variables"]["age"]["quantiles_withheld"]
         assert predicted[site]["km"] == results["km"]["refused_by"][site]
 
 
@@ -265,3 +270,13 @@ def test_protect_hides_every_small_count_from_the_published_total():
     with pytest.raises(Refused, match="too many counts between 1 and 4"):
         protect(np.array([2, 3, 1]), k)
     assert [a.tolist() for a in protect(np.array([[5, 0], [7, 9]]), k)] == [[[5, 0], [7, 9]], [[5, 0], [7, 9]]]
+
+
+def test_masked_quantiles_need_the_minimum_count_of_values_on_each_side(tmp_path):
+    block = 'id = "d"\ntype = "describe"\nvariables = ["age"]\nquantiles = [0.01, 0.5, 0.97]'
+    results, exchange = study(_hospitals(tmp_path), protocol_text(block))
+    got = results["d"]["variables"]["age"]
+    data = _pooled()  # 212 ages: 0.01 reads the 3rd and 4th smallest, 0.97 the 7th and 8th largest
+    assert got["quantiles"] == {"0.01": None, "0.5": data.age.quantile(0.5), "0.97": data.age.quantile(0.97)}
+    assert "at least the minimum count of values below and above" in got["quantiles_withheld"]
+    assert not exchange.refusals

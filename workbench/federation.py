@@ -231,7 +231,7 @@ class SiteExchange:
                 total = _total(replies, analysis_id, mode)
                 if mode == "masked":  # the totals are what the coordinator sees: the rules apply to them
                     manifest = registry.manifest(self.protocol.analyses[analysis_id])
-                    total = publish(total, manifest, query.phase, limits, len(replies))
+                    total = publish(total, manifest, query.phase, limits, len(replies), query.params)
                 totals[analysis_id] = total
             except AnalysisError as error:
                 totals[analysis_id] = error

@@ -212,7 +212,7 @@ def _rounds(manifest: tuple[Item, ...], sites: list[Site], masked: bool) -> list
             "meaning": item.meaning,
             "control": str(item.control),
             "sent": item.sent or hidden,
-            "count_rule": item.control in (Control.RANGE, Control.MINIMUM, Control.GUARD),
+            "count_rule": item.control in (Control.RANGE, Control.MINIMUM, Control.GUARD, Control.RANK),
             "per_time": item.per_time,
             "masked": hidden,
             "dp_noise": item.phase == "train" and item.key.startswith("<"),
