@@ -55,7 +55,11 @@ class GlmSpec(Spec, Confidence):
 
 def plan(spec: GlmSpec, declared: discovery.Declared) -> Plan:
     ask = discovery.query(declared, numeric=spec.columns()[:1], covariates=spec.covariates)
-    schema = discovery.read((yield ask), ask)
+    return (yield from fit(spec, discovery.read((yield ask), ask)))
+
+
+def fit(spec: GlmSpec, schema: discovery.Schema) -> Plan:
+    """The model's rounds after discovery (another analysis may run them inside its own, e.g. a propensity score)."""
     base = {**schema.params(), "covariates": spec.covariates}
     moments = yield Query("moments", base)
     n = int(moments["n"][0])

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from analyses import anova, correlation, crosstab, describe, discovery, glm, mantel_haenszel, mixed, ttest
 from analyses import columns as col
-from analyses import anova, correlation, crosstab, describe, discovery, glm, ttest
 from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import Item
 from analyses.spec import Spec
-from analyses.survival import cox, kaplan_meier, logrank, rmst
+from analyses.survival import cox, cumulative_incidence, ipw_cox, kaplan_meier, logrank, rmst, time_varying
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,23 @@ class AnalysisType:
     """Everything a site may return for this analysis, per phase."""
 
 
-_MODULES = (describe, crosstab, ttest, anova, correlation, glm, kaplan_meier, rmst, logrank, cox)
+_MODULES = (
+    describe,
+    crosstab,
+    ttest,
+    anova,
+    correlation,
+    glm,
+    kaplan_meier,
+    rmst,
+    logrank,
+    cox,
+    mantel_haenszel,
+    cumulative_incidence,
+    time_varying,
+    mixed,
+    ipw_cox,
+)
 _SPECS = (
     describe.DescribeSpec,
     crosstab.CrosstabSpec,
@@ -39,6 +55,11 @@ _SPECS = (
     rmst.RmstSpec,
     logrank.LogrankSpec,
     cox.CoxSpec,
+    mantel_haenszel.MantelHaenszelSpec,
+    cumulative_incidence.CumulativeIncidenceSpec,
+    time_varying.TimeVaryingCoxSpec,
+    mixed.MixedSpec,
+    ipw_cox.IpwCoxSpec,
 )
 
 TYPES: dict[str, AnalysisType] = {
