@@ -106,7 +106,32 @@ def test_the_json_validates_against_its_schema(planned):
 def test_every_analysis_appears_in_section_4_with_its_manifest(planned):
     folder, document = planned
     protocol = protocol_module.load(folder / "protocol.toml")
-    assert {spec.type for spec in protocol.analyses.values()} == set(registry.TYPES)  # the demo has every type
+    layouts = {"cumulative_incidence", "cox_time_varying"}  # other data layouts: see the test below
+    assert {spec.type for spec in protocol.analyses.values()} == set(registry.TYPES) - layouts
+    _section4_lists_every_manifest(folder, document)
+
+
+def test_competing_risks_and_time_varying_cox_appear_in_section_4(tmp_path, sites):
+    text = protocol_text(
+        'id = "cif"\ntype = "cumulative_incidence"\nduration = "time"\nevent = "status"\ncauses = [1, 2]',
+        'id = "tv"\ntype = "cox_time_varying"\npatient = "pid"\nstart = "start"\nstop = "stop"\nevent = "status"\n'
+        'covariates = ["age"]',
+    )
+    (tmp_path / "protocol.toml").write_text(text + roster(sites), encoding="utf-8")
+    done = workbench("export", "ethics", tmp_path / "protocol.toml", "--out", tmp_path / "ethics")
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "ethics" / "ethics.json").read_text(encoding="utf-8"))
+    validate(document)
+    _section4_lists_every_manifest(tmp_path, document)
+    roles = {v["name"]: v["role"] for entry in document["disclosure"]["analyses"] for v in entry["variables"]}
+    assert roles == {"time": "duration", "status": "event", "pid": "patient", "start": "start", "stop": "stop",
+                     "age": "covariates"}  # fmt: skip
+    assert next(r for r in document["risks"] if r["id"] == "risk_set_differencing")["applies"]
+
+
+def _section4_lists_every_manifest(folder: Path, document: dict) -> None:
+    """Section 4 lists, per analysis, every item its manifest declares, in order, with its rule."""
+    protocol = protocol_module.load(folder / "protocol.toml")
     listed = {entry["id"]: entry for entry in document["disclosure"]["analyses"]}
     assert list(listed) == list(protocol.analyses)
     assert [item["key"] for item in document["disclosure"]["discovery"]] == [item.key for item in DISCOVERY]
@@ -120,7 +145,7 @@ def test_every_analysis_appears_in_section_4_with_its_manifest(planned):
         for _, key, _ in declared:
             assert f"<code>{key}</code>" in block
     counts = [i for entry in listed.values() for r in entry["rounds"] for i in r["items"] if i["count_rule"]]
-    assert counts and all(i["control"] in ("range", "minimum", "guard") for i in counts)
+    assert counts and all(i["control"] in ("range", "minimum", "guard", "rank") for i in counts)
     assert not any(i["dp_noise"] for entry in listed.values() for r in entry["rounds"] for i in r["items"])
     assert "No row-level data, no identifiers and no images leave any site." in section4
 
@@ -167,7 +192,11 @@ def test_declared_values_missing_values_and_time_resolution_are_listed(planned):
     assert document["minimisation"]["missing"] == "complete_cases"
     everything = protocol.population(next(iter(protocol.analyses.values())))
     assert all(entry["population"] == everything for entry in document["disclosure"]["analyses"])
-    survival = [key for key, spec in protocol.analyses.items() if spec.type in ("kaplan_meier", "rmst", "logrank", "cox")]
+    survival = [
+        key
+        for key, spec in protocol.analyses.items()
+        if spec.type in ("kaplan_meier", "rmst", "logrank", "cox", "ipw_cox")
+    ]
     resolutions = [{"analysis": key, "grid": None, "width": 1.0} for key in survival]  # the default: whole days
     assert document["privacy"]["time_resolutions"] == resolutions
     html = flat((folder / "ethics" / "ethics.html").read_text(encoding="utf-8"))

@@ -92,6 +92,22 @@ def forest(result: dict[str, Any]) -> Figure:
     return figure
 
 
+def love(balance: dict[str, dict[str, float]]) -> Figure:
+    """Love plot: each confounder's absolute standardized mean difference before and after weighting."""
+    names = list(balance)
+    figure, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.4))
+    rows = np.arange(len(names))
+    ax.plot([abs(balance[n]["smd_before"]) for n in names], rows, "o", mfc="none", color="C3", label="unweighted")
+    ax.plot([abs(balance[n]["smd_after"]) for n in names], rows, "o", color="C0", label="weighted")
+    ax.axvline(0.1, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(rows, labels=names)
+    ax.invert_yaxis()
+    ax.set_xlabel("absolute standardized mean difference (dashed: 0.1)")
+    ax.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
 def training(summary: dict[str, Any], per_site: bool) -> Figure:
     """Held-out loss and AUC per round (weighted over sites; each site's too for researchers)."""
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from matplotlib.figure import Figure
 
 from ui import plots
 from ui.roles import Role
@@ -67,9 +68,12 @@ def _describe(name: str, result: dict[str, Any], role: Role) -> None:
             total = summary["n"] + summary["missing"]
             rows.append({"variable": variable, "n": count(summary["n"], role),
                          "missing %": round(100 * summary["missing"] / total, 1) if total else None,
-                         "mean": summary["mean"], "sd": summary["sd"]})  # fmt: skip
+                         "mean": summary["mean"], "sd": summary["sd"],
+                         **{f"q{q}": value for q, value in summary.get("quantiles", {}).items()}})  # fmt: skip
     if rows:
         table(pd.DataFrame(rows), f"{name}-numeric", index=False)
+    for reason in sorted({s["quantiles_withheld"] for s in result["variables"].values() if "quantiles_withheld" in s}):
+        st.caption(f"Quantiles withheld: {reason}")
     for variable, summary in result["variables"].items():
         if summary["kind"] != "numeric":
             frame = pd.DataFrame(
@@ -141,6 +145,23 @@ def _regression(name: str, result: dict[str, Any], role: Role) -> None:
     st.caption(", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in facts.items()))
 
 
+def _mixed_linear(name: str, result: dict[str, Any], role: Role) -> None:
+    columns = ["coef", "se", "z", "p", "ci_lower", "ci_upper"]
+    table(pd.DataFrame(result["params"]).T[columns], f"{name}-fixed")
+    variance = result["group_variance"] + result["residual_variance"]
+    components = pd.DataFrame(
+        {
+            "variance": [result["group_variance"], result["residual_variance"]],
+            "share": [result["icc"], 1 - result["icc"]],
+        },
+        index=[f"between {result['group']} (random intercept)", "residual"],
+    )
+    table(components, f"{name}-variance")
+    boundary = "; the group variance is at the boundary 0" if result["boundary"] else ""
+    st.caption(f"{result['n_groups']} groups, REML log-likelihood = {result['log_likelihood']:.4f}, "
+               f"ICC = {result['icc']:.4f}, total variance = {variance:.4g}{boundary}")  # fmt: skip
+
+
 def _kaplan_meier(name: str, result: dict[str, Any], role: Role, floor: int) -> None:
     """Curves and a summary; researchers also get the number-at-risk table (counts below `floor` as "<floor")."""
     plots.show(plots.kaplan_meier(result, hide_below=floor), name)
@@ -178,6 +199,82 @@ def _cox(name: str, result: dict[str, Any], role: Role) -> None:
                f"{result['log_likelihood']:.4f}, LR test {lr['statistic']:.3f} on {lr['df']} df, p = {lr['p']:.3g}")  # fmt: skip
 
 
+def _ipw_cox(name: str, result: dict[str, Any], role: Role) -> None:
+    hazard = result["params"][result["treatment"]]
+    st.markdown(f"**Weighted hazard ratio** ({result['weights']} weights{', stabilized' if result['stabilized'] else ''}"
+                f"): {hazard['exp_coef']:.3f} [{hazard['exp_ci_lower']:.3f}, {hazard['exp_ci_upper']:.3f}], "
+                f"p = {hazard['p']:.3g} (robust SE {hazard['se']:.4f}; model-based {hazard['se_model']:.4f})")  # fmt: skip
+    arms = pd.DataFrame(result["arms"]).T
+    arms[["n", "events"]] = arms[["n", "events"]].map(lambda v: count(int(v), role))
+    table(arms, f"{name}-arms")
+    st.markdown("**Covariate balance**")
+    plots.show(plots.love(result["balance"]), f"{name}-love")
+    table(pd.DataFrame(result["balance"]).T, f"{name}-balance")
+    st.markdown("**Propensity model** (logistic)")
+    table(pd.DataFrame(result["propensity"]["params"]).T, f"{name}-propensity")
+
+
+def _cox_time_varying(name: str, result: dict[str, Any], role: Role) -> None:
+    st.caption(f"{count(result['n'], role)} patients in {count(result['n_rows'], role)} (start, stop] rows")
+    _cox(name, result, role)
+
+
+def _mantel_haenszel(name: str, result: dict[str, Any], role: Role) -> None:
+    exposure, outcome, levels = result["exposure"], result["outcome"], (result["exposed"], result["reference"])
+    st.caption(f"{exposure} = {levels[0]} vs {levels[1]} (reference), outcome {outcome} = 1, stratified by "
+               f"{', '.join(result['strata'])}")  # fmt: skip
+    if "tables" in result:
+        heads = [f"{exposure}={level}, {outcome}={event}" for level in levels for event in (1, 0)]
+        frame = pd.DataFrame(
+            [[str(count(v, role)) for v in entry["table"][0] + entry["table"][1]] for entry in result["tables"]],
+            index=[", ".join(f"{k}={v}" for k, v in entry["stratum"].items()) for entry in result["tables"]],
+            columns=heads,
+        )
+        table(frame, f"{name}-tables")
+    if "not_computed" in result:
+        st.info(f"Statistics not computed: {result['not_computed']}")
+        return
+    ratios = pd.DataFrame(
+        {"estimate": [result["odds_ratio"], result["risk_ratio"]], "ci_lower": [result["ci_lower"], None],
+         "ci_upper": [result["ci_upper"], None]},
+        index=["odds ratio (Mantel–Haenszel)", "risk ratio (Mantel–Haenszel)"],
+    )  # fmt: skip
+    table(ratios, name)
+    tests = {"CMH (odds ratio = 1)": result["test_null"]}
+    if result["test_equal_odds"]:
+        tests["Breslow–Day (equal odds ratios)"] = result["test_equal_odds"]
+    table(pd.DataFrame(tests).T[["statistic", "df", "p"]], f"{name}-tests")
+    st.caption(f"{100 * (1 - result['alpha']):g}% CI from SE(log OR) = {result['log_odds_se']:.4g} "
+               f"(Robins–Breslow–Greenland); {result['n_strata']} strata with both levels and both outcomes"
+               + ("; CMH with continuity correction" if result["test_null"]["correction"] else ""))  # fmt: skip
+
+
+def _cumulative_incidence(name: str, result: dict[str, Any], role: Role) -> None:
+    """Cumulative incidence curves with confidence bands (a panel per group, a colour per cause) and a summary."""
+    groups = result["groups"]
+    figure = Figure(figsize=(4.2 * len(groups) + 1, 4))
+    axes = figure.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    for ax, (group, causes) in zip(axes, groups.items(), strict=True):
+        for colour, (cause, curve) in enumerate(causes.items()):
+            ax.step(curve["time"], curve["cif"], where="post", color=f"C{colour}", label=cause)
+            ax.fill_between(curve["time"], curve["ci_lower"], curve["ci_upper"], step="post", alpha=0.2,
+                            color=f"C{colour}")  # fmt: skip
+        ax.set_title(f"{result['group']} = {group}" if result["group"] else "all", fontsize=10)
+        ax.set_xlabel("time" + (f" ({result['time_grid']} grid)" if result.get("time_grid") else ""))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(bottom=0)
+    axes[0].set_ylabel("cumulative incidence")
+    axes[-1].legend(title="cause", frameon=False)
+    figure.tight_layout()
+    plots.show(figure, name)
+    rows = [{"group": group, "cause": cause, "n": count(curve["at_risk"][0], role),
+             "events": count(sum(curve["events"]), role), "at time": curve["time"][-1],
+             "cumulative incidence": curve["cif"][-1], "ci_lower": curve["ci_lower"][-1],
+             "ci_upper": curve["ci_upper"][-1]}
+            for group, causes in groups.items() for cause, curve in causes.items()]  # fmt: skip
+    table(pd.DataFrame(rows), f"{name}-summary", index=False)
+
+
 def training(training_id: str, summary: dict[str, Any], role: Role) -> None:
     st.subheader(f"model {training_id} · {summary.get('task', '')}")
     if "error" in summary:
@@ -206,4 +303,9 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {
     "logrank": _logrank,
     "rmst": _rmst,
     "cox": _cox,
+    "cox_time_varying": _cox_time_varying,
+    "ipw_cox": _ipw_cox,
+    "cumulative_incidence": _cumulative_incidence,
+    "mantel_haenszel": _mantel_haenszel,
+    "mixed_linear": _mixed_linear,
 }

@@ -99,13 +99,23 @@ def _table(rows: dict[str, dict[str, Any]], columns: list[str] | None = None) ->
 
 
 def _describe(result: dict[str, Any]) -> str:
-    numeric = {k: v for k, v in result["variables"].items() if v["kind"] == "numeric"}
-    lines = [_table(numeric, ["n", "missing", "mean", "sd"])] if numeric else []
+    numeric = {k: {**v, **_quartiles(v)} for k, v in result["variables"].items() if v["kind"] == "numeric"}
+    quartiles = ["median", "q1", "q3"] if any("median" in v for v in numeric.values()) else []
+    lines = [_table(numeric, ["n", "missing", "mean", "sd", *quartiles])] if numeric else []
+    lines += sorted(
+        {f"quantiles withheld: {v['quantiles_withheld']}" for v in numeric.values() if "quantiles_withheld" in v}
+    )
     for name, summary in result["variables"].items():
         if summary["kind"] != "numeric":
             counts = ", ".join(f"{level}: {count}" for level, count in summary["counts"].items())
             lines.append(f"{name} (missing {summary['missing']}): {counts}")
     return "\n".join(lines)
+
+
+def _quartiles(summary: dict[str, Any]) -> dict[str, Any]:
+    """Median and quartiles of a numeric variable's summary, where computed."""
+    quantiles = summary.get("quantiles", {})
+    return {name: quantiles[q] for name, q in (("median", "0.5"), ("q1", "0.25"), ("q3", "0.75")) if q in quantiles}
 
 
 def _crosstab(result: dict[str, Any]) -> str:
@@ -203,6 +213,76 @@ def _cox(result: dict[str, Any]) -> str:
     )
 
 
+def _ipw_cox(result: dict[str, Any]) -> str:
+    hazard = result["params"][result["treatment"]]
+    stabilized = ", stabilized" if result["stabilized"] else ""
+    return "\n".join([
+        f"weighted hazard ratio ({result['weights']} weights{stabilized}) = {hazard['exp_coef']:.4f} "
+        f"[{hazard['exp_ci_lower']:.4f}, {hazard['exp_ci_upper']:.4f}], p = {hazard['p']:.4g}, robust SE = "
+        f"{hazard['se']:.4f} (model-based {hazard['se_model']:.4f}), events = {result['events']}",
+        _table(result["arms"]),
+        "balance (standardized mean differences):",
+        _table(result["balance"], ["smd_before", "smd_after"]),
+    ])  # fmt: skip
+
+
+def _cox_time_varying(result: dict[str, Any]) -> str:
+    return f"{result['n']} patients in {result['n_rows']} (start, stop] rows\n" + _cox(result)
+
+
+def _mantel_haenszel(result: dict[str, Any]) -> str:
+    exposure, outcome = result["exposure"], result["outcome"]
+    levels = (result["exposed"], result["reference"])
+    lines = [f"{exposure} = {levels[0]} vs {levels[1]}, outcome {outcome}, strata: {', '.join(result['strata'])}"]
+    if "tables" in result:
+        heads = [f"{exposure}={level}, {outcome}={event}" for level in levels for event in (1, 0)]
+        rows = {}
+        for entry in result["tables"]:
+            stratum = ", ".join(f"{k}={v}" for k, v in entry["stratum"].items())
+            rows[stratum] = dict(zip(heads, entry["table"][0] + entry["table"][1], strict=True))
+        lines.append(_table(rows))
+    if "not_computed" in result:
+        return "\n".join([*lines, f"statistics not computed: {result['not_computed']}"])
+    null, equal = result["test_null"], result["test_equal_odds"]
+    lines += [
+        (
+            f"pooled odds ratio = {result['odds_ratio']:.4g} [{result['ci_lower']:.4g}, {result['ci_upper']:.4g}] "
+            f"({100 * (1 - result['alpha']):g}% CI), SE(log OR) = {result['log_odds_se']:.4g}, "
+            f"risk ratio = {result['risk_ratio']:.4g}; {result['n_strata']} informative strata"
+        ),
+        f"CMH test: chi2 = {null['statistic']:.4f} on 1 df, p = {null['p']:.4g}"
+        + (" (continuity corrected)" if null["correction"] else ""),
+        (
+            f"Breslow-Day test of equal odds ratios: chi2 = {equal['statistic']:.4f} on {equal['df']} df, "
+            f"p = {equal['p']:.4g}"
+            if equal
+            else "Breslow-Day test of equal odds ratios: needs two or more informative strata"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _cumulative_incidence(result: dict[str, Any]) -> str:
+    """Per group and cause: patients, events, and the cumulative incidence at the group's last time with its CI."""
+    rows = {}
+    for group, causes in result["groups"].items():
+        for cause, curve in causes.items():
+            name = f"{result['group']} = {group}, {cause}" if result["group"] else cause
+            last = {key: curve[key][-1] for key in ("time", "cif", "ci_lower", "ci_upper")}
+            rows[name] = {"n": curve["at_risk"][0], "events": sum(curve["events"]), **last}
+    return _table(rows)
+
+
+def _mixed_linear(result: dict[str, Any]) -> str:
+    boundary = " (at the boundary: no variation between groups)" if result["boundary"] else ""
+    variances = (
+        f"random intercept per {result['group']} ({result['n_groups']} groups), REML: group variance = "
+        f"{result['group_variance']:.4g}{boundary}, residual variance = {result['residual_variance']:.4g}, "
+        f"ICC = {result['icc']:.4f}, log-likelihood = {result['log_likelihood']:.4f}"
+    )
+    return _table(result["params"], ["coef", "se", "z", "p", "ci_lower", "ci_upper"]) + "\n" + variances
+
+
 _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "describe": _describe,
     "crosstab": _crosstab,
@@ -215,4 +295,9 @@ _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "logrank": _logrank,
     "rmst": _rmst,
     "cox": _cox,
+    "cox_time_varying": _cox_time_varying,
+    "ipw_cox": _ipw_cox,
+    "cumulative_incidence": _cumulative_incidence,
+    "mantel_haenszel": _mantel_haenszel,
+    "mixed_linear": _mixed_linear,
 }

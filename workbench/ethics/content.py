@@ -18,7 +18,6 @@ from analyses import registry
 from analyses.columns import label
 from analyses.disclosure import DISCOVERY, Control, Item, rule
 from analyses.spec import Spec
-from analyses.survival.follow_up import FollowUp
 from hospital_node import approvals, masking
 from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
@@ -38,7 +37,7 @@ from workbench.training_spec import TrainingSpec
 FORMAT = "workbench-ethics/2"
 
 ROLE_FIELDS = ("outcome", "duration", "event", "variable", "variables", "row", "column", "group", "covariates",
-               "exposure", "strata")  # fmt: skip
+               "exposure", "strata", "patient", "start", "stop", "treatment", "confounders")  # fmt: skip
 """Spec fields that name columns, in the order the roles are listed."""
 
 RISKS = ("small_cells", "differencing", "risk_set_differencing", "membership_inference", "gradient_inversion",
@@ -184,7 +183,7 @@ def _own(manifest: tuple[Item, ...]) -> tuple[Item, ...]:
 def _resolution(spec: Spec) -> dict[str, Any] | None:
     """A survival analysis' time resolution: its named grid (None: a width) and the cell width in the
     duration's own unit (1 by default: whole days when durations are days); None for other analyses."""
-    if not isinstance(spec, FollowUp):
+    if "time_grid" not in type(spec).model_fields:
         return None
     return {"grid": spec.time_grid if isinstance(spec.time_grid, str) else None, "width": spec.grid_width}
 
@@ -320,7 +319,7 @@ def _risks(protocol: Protocol, sites: list[Site]) -> list[dict[str, Any]]:
     applies = {
         "small_cells": bool(protocol.analyses),
         "differencing": bool(protocol.analyses),
-        "risk_set_differencing": "cox" in types,
+        "risk_set_differencing": bool(types & {"cox", "cox_time_varying", "ipw_cox"}),
         "membership_inference": bool(model.training),
         "gradient_inversion": bool(model.training),
         "model_reidentification": bool(model.training) or bool(protocol.analyses),
