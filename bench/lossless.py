@@ -2,8 +2,10 @@
 
 Prints, per analysis, the largest absolute difference from the reference library
 (statsmodels, scipy, lifelines with tight options), on NCCTG lung split by its 18
-real institutions and on FLamby Fed-TCGA-BRCA split by its 6 regions; then the
-federated Cox model's test C-index per region next to FLamby's published numbers.
+real institutions, on the data splits and references of the tests (GBSG2, Canadian
+senators by province, Stanford heart transplants, Rossi) and on FLamby Fed-TCGA-BRCA
+split by its 6 regions; then the federated Cox model's test C-index per region next
+to FLamby's published numbers.
 
     python bench/lossless.py [--brca ../shared/data/flamby_tcga_brca]
 """
@@ -12,23 +14,36 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
+import sys
+import warnings
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines import AalenJohansenFitter, CoxPHFitter, KaplanMeierFitter
+from lifelines.datasets import load_rossi, load_stanford_heart_transplants
 from lifelines.statistics import logrank_test, multivariate_logrank_test
-from lifelines.utils import concordance_index, restricted_mean_survival_time
+from lifelines.utils import concordance_index, restricted_mean_survival_time, to_episodic_format
 from pydantic import TypeAdapter
 from scipy import stats
 from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import survdiff
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from analyses.driver import run_in_memory
 from analyses.registry import AnySpec
-from workbench.datasets import lung_institutions
+from tests import test_competing_risks as competing
+from tests import test_ipw_cox as ipw
+from tests import test_mantel_haenszel as mh
+from tests import test_mixed_model as mixed
+from tests import test_time_varying_cox as tv
+from tests.conftest import pooled
+from workbench.datasets import gbsg2_sites, lung_institutions
 
 TIGHT = {"step_size": 1.0, "precision": 1e-12, "r_precision": 0.0}
 QS = ("0.25", "0.5", "0.75")
@@ -199,6 +214,118 @@ def lung() -> None:
     )
 
 
+def mantel_haenszel() -> None:
+    """tests/test_mantel_haenszel.py: OR, its SE, CI, CMH and Breslow–Day tests, sex (2 vs 1) on death."""
+    sites = lung_institutions()
+    for strata in ("site", "ph.ecog"):
+        block = {**mh.LUNG, "strata": [strata]}
+        r = federate(sites, mh=block)["mh"]
+        ref = mh._reference(pooled(sites), block, 2, 1)
+        null, equal = ref.test_null_odds(), ref.test_equal_odds()
+        tests = [r[test][key] for test in ("test_null", "test_equal_odds") for key in ("statistic", "p")]
+        record("lung/18 inst", f"Mantel-Haenszel by {strata} OR, CI, tests", "statsmodels Stratified",
+               [r["odds_ratio"], r["log_odds_se"], r["ci_lower"], r["ci_upper"], *tests],
+               [ref.oddsratio_pooled, ref.logodds_pooled_se, *ref.oddsratio_pooled_confint(), null.statistic,
+                null.pvalue, equal.statistic, equal.pvalue])  # fmt: skip
+
+
+def mixed_linear() -> None:
+    """tests/test_mixed_model.py: age ~ sex + ph.ecog with a random intercept per institution, REML."""
+    sites = lung_institutions()
+    r = federate(sites, m={"type": "mixed_linear", "outcome": "age", "covariates": ["sex", "ph.ecog"]})["m"]
+    ref, _ = mixed._reference(pooled(sites), "age", ["sex", "ph.ecog"], "site")
+    names = list(ref.fe_params.index)
+    record("lung/18 inst", "mixed model coef, se, variances, loglik", "statsmodels MixedLM",
+           params(r, names, "coef") + params(r, names, "se") + [r["group_variance"], r["residual_variance"],
+                                                                 r["log_likelihood"]],
+           [*ref.fe_params, *ref.bse_fe, ref.cov_re.iloc[0, 0], ref.scale, ref.llf])  # fmt: skip
+
+
+def ipw_cox() -> None:
+    """tests/test_ipw_cox.py: sex arms in lung (robust SE where no event time is tied), balance in GBSG2."""
+    warnings.filterwarnings("ignore", "It appears your weights are not integers")  # lifelines' note on IPW weights
+    sites = lung_institutions()
+    block = {"type": "ipw_cox", **ipw.LUNG}
+    r = federate(sites, c=block)["c"]["params"]["sex"]
+    _, fitter, _ = ipw._reference(pooled(sites), block, robust=False)
+    record("lung/18 inst", "IPW Cox (ATE) coef, model SE", "lifelines (weights)", [r["coef"], r["se_model"]],
+           [fitter.params_["treated"], fitter.standard_errors_["treated"]])  # fmt: skip
+    rows = pooled(sites).dropna(subset=ipw.LUNG["confounders"]).drop_duplicates("time", keep=False)
+    untied = {site: part.drop(columns="site") for site, part in rows.groupby("site")}
+    r = federate(untied, c=block)["c"]["params"]["sex"]
+    _, fitter, _ = ipw._reference(rows, block, robust=True)
+    record(f"lung/{len(untied)} inst untied", "IPW Cox (ATE) robust SE", "lifelines (robust)", [r["se"]],
+           [fitter.standard_errors_["treated"]])  # fmt: skip
+    sites = gbsg2_sites()
+    block = {"type": "ipw_cox", **ipw.GBSG}
+    balance = federate(sites, c=block)["c"]["balance"]
+    data, _, _ = ipw._reference(pooled(sites), block, robust=False)
+    dummies = pd.get_dummies(data[ipw.GBSG["confounders"]], drop_first=True, dtype=float)
+    treated, control = data.treated == 1, data.treated == 0
+    scale = np.sqrt((dummies[treated].var() + dummies[control].var()) / 2)
+
+    def smd(w: pd.Series) -> pd.Series:
+        mean = [dummies[arm].mul(w[arm], axis=0).sum() / w[arm].sum() for arm in (treated, control)]
+        return (mean[0] - mean[1]) / scale
+
+    columns = [re.sub(r"(.+)\[T\.(.+)\]", r"\1_\2", name) for name in balance]
+    record("GBSG2/5 sites", "IPW Cox balance SMD before/after", "pandas",
+           [balance[name][key] for key in ("smd_before", "smd_after") for name in balance],
+           [*smd(pd.Series(1.0, data.index))[columns], *smd(data.w)[columns]])  # fmt: skip
+
+
+def cif(curves: dict, times: pd.Series, causes: pd.Series, codes: list[int], alpha: float = 0.05) -> tuple[list, list]:
+    """Our CIF, variance and interval per cause, next to lifelines' where it has a number (none where F = 0)."""
+    ours, theirs = [], []
+    for code in codes:
+        fit = AalenJohansenFitter(alpha=alpha).fit(times, causes, event_of_interest=code)
+        reference = np.vstack([fit.cumulative_density_.iloc[:, 0], fit.variance_, fit.confidence_interval_.T])
+        known = np.isfinite(reference)
+        ours += [*np.array([curves[str(code)][k] for k in ("cif", "variance", "ci_lower", "ci_upper")])[known]]
+        theirs += [*reference[known]]
+    return ours, theirs
+
+
+def cumulative_incidence() -> None:
+    """tests/test_competing_risks.py, against lifelines without its random jitter of tied times (its own estimator
+    on the data as they are, where we take tied counts)."""
+    no_jitter = staticmethod(lambda durations, events: False)
+    with patch.object(AalenJohansenFitter, "_check_for_duplicates", no_jitter):
+        r = federate(competing._gbsg_sites(), ci={**competing.CIF, "group": "hormone"})["ci"]
+        ours, theirs = [], []
+        for level, rows in competing._gbsg().groupby("hormone"):
+            mine, reference = cif(r["groups"][str(level)], rows.rectime, rows.cause, [1, 2])
+            ours, theirs = ours + mine, theirs + reference
+        record("GBSG2/5 sites", "CIF recurrence, death: F, var, CI", "lifelines (no jitter)", ours, theirs)
+        sites = competing._senators()
+        block = {"type": "cumulative_incidence", "duration": "days", "event": "cause", "causes": [1, 2, 3, 4],
+                 "time_grid": "year", "alpha": 0.1}  # fmt: skip
+        r = federate(sites, ci=block)["ci"]
+        data = pd.concat(sites.values())
+        years = np.ceil(data.days / 365.25) * 365.25
+        record(f"senators/{len(sites)} prov", "CIF 3 causes, yearly: F, var, CI", "lifelines (no jitter)",
+               *cif(r["groups"]["all"], years, data.cause, [1, 2, 3], alpha=0.1))  # fmt: skip
+
+
+def cox_time_varying() -> None:
+    """tests/test_time_varying_cox.py: every summary column, the log-likelihood and the LR test."""
+    episodes = to_episodic_format(load_rossi(), "week", "arrest", time_gaps=2.0)
+    rossi = {"type": "cox_time_varying", "patient": "id", "start": "start", "stop": "stop", "event": "arrest",
+             "covariates": ["fin", "age", "prio", "age_time"]}  # fmt: skip
+    for dataset, sites, block in (
+        ("Stanford HT/4 sites", tv._sites(load_stanford_heart_transplants()), tv.STANFORD),
+        ("Rossi 2-week/4 sites", tv._sites(episodes.assign(age_time=episodes.age * episodes.stop)), rossi),
+    ):
+        r = federate(sites, tv=block)["tv"]
+        ref = tv._reference(sites, block)
+        names = block["covariates"]
+        record(dataset, "time-varying Cox summary, loglik, LR", "lifelines (tight)",
+               [r["params"][n][k] for n in names for k in tv.COLUMNS]
+               + [r["log_likelihood"], r["likelihood_ratio_test"]["statistic"]],
+               [ref.summary.loc[n, c] for n in names for c in tv.COLUMNS.values()]
+               + [ref.log_likelihood_, ref.log_likelihood_ratio_test().test_statistic])  # fmt: skip
+
+
 def brca(folder: Path) -> list[tuple[str, float]]:
     """FLamby Fed-TCGA-BRCA: its 6 regions as sites; L2 Cox on the train split, C-index on each test split."""
     table = pd.read_csv(folder / "brca.csv").merge(pd.read_csv(folder / "train_test_split.csv"), on="pid")
@@ -237,6 +364,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     lung()
+    mantel_haenszel()
+    mixed_linear()
+    ipw_cox()
+    cumulative_incidence()
+    cox_time_varying()
     scores = brca(args.brca) if (args.brca / "brca.csv").is_file() else []
     print(f"# lossless benchmark - Python {platform.python_version()}, {platform.machine()}, numpy {np.__version__}")
     print(f"{'data':<20} {'analysis':<40} {'reference':<22} {'max |diff|':>10}")

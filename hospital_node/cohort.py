@@ -59,10 +59,11 @@ def _mask(table: pd.DataFrame, condition: Filter) -> np.ndarray:
 
 
 def row_keys(table: pd.DataFrame, row_id: str | None) -> pd.Series:
-    """A 64-bit key per row: a hash of the `row_id` column, or of the whole row's content."""
+    """A 64-bit key per row: a hash of the `row_id` column (a patient's rows share it, e.g. the intervals of a
+    time-varying Cox model, so the differencing guard counts patients), or of the whole row's content."""
     if row_id is None:
         return pd.util.hash_pandas_object(table, index=False)
     ids = col.require(table, row_id)
-    if ids.isna().any() or ids.duplicated().any():
-        raise DataError(f"the policy's row_id column '{row_id}' has missing or repeated values")
+    if ids.isna().any():
+        raise DataError(f"the policy's row_id column '{row_id}' has missing values")
     return pd.Series(pd.util.hash_array(ids.astype(str).to_numpy()), index=table.index)

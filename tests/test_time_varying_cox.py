@@ -8,6 +8,8 @@ patient at one site.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,14 +102,19 @@ def test_episodes_split_at_fixed_times_change_the_risk_set_no_more_than_one_row_
     assert guard(flat).sum() == 2 * 432  # each patient enters once and leaves once
 
 
-def test_masked_with_the_default_policy_equals_lifelines(tmp_path, stanford):
-    folders = [make_site(tmp_path / site, rows, "") for site, rows in stanford.items()]
+@pytest.mark.parametrize("policy", ["", 'row_id = "id"'])  # with row_id a patient's rows share one guard key
+def test_masked_with_the_default_policy_equals_lifelines(tmp_path, stanford, policy):
+    folders = [make_site(tmp_path / site, rows, policy) for site, rows in stanford.items()]
     block = "\n".join(f"{key} = {value!r}".replace("'", '"') for key, value in STANFORD.items() if key != "type")
     text = protocol_text(f'id = "tv"\ntype = "cox_time_varying"\n{block}')
     results, exchange = study(folders, text.replace("[variables]", "[variables]\ntransplant = { levels = [0, 1] }"))
     assert exchange.summary()["mode"] == "masked" and exchange.summary()["min_count"] == 5
     assert not exchange.refusals and "error" not in results["tv"], results
     _assert_equal(results["tv"], _reference(stanford, STANFORD), STANFORD["covariates"])
+    if policy:
+        index = folders[0] / "state" / "rowsets" / "index.jsonl"
+        recorded = {json.loads(line)["rows"] for line in index.read_text().splitlines()}
+        assert recorded == {stanford["site-1"].id.nunique()}  # patients, not their rows
 
 
 @pytest.mark.parametrize(
