@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from analyses import columns as col
 from analyses import discovery, order_statistics
-from analyses.contract import AnalysisError, Contribution, Plan, Query
+from analyses.contract import Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import RowSet, Spec
 
@@ -75,18 +75,11 @@ def plan(spec: DescribeSpec, declared: discovery.Declared) -> Plan:
     sizes = {name: int(first[f"n:{name}"][0]) for name in means}
     searches = {name: _search(sizes[name], spec.quantiles) for name in means}
     searches = {name: search for name, search in searches.items() if search.ranks}
-    second, refused = {}, ""
+    second = {}
     if means:
-        try:
-            second = yield from _searched(Query("spread", {**base, "means": means}), searches)
-        except AnalysisError as error:  # a site refused the quantile search: the moments without it
-            second, refused = (yield Query("spread", {**base, "means": means})), str(error)
-            searches = {}
-        try:
-            while searches and not all(search.done for search in searches.values()):
-                yield from _searched(Query("rank", base), searches)
-        except AnalysisError as error:
-            searches, refused = {}, str(error)
+        second = yield from _searched(Query("spread", {**base, "means": means}), searches)
+        while searches and not all(search.done for search in searches.values()):
+            yield from _searched(Query("rank", base), searches)
     variables: dict[str, dict[str, Any]] = {}
     for name in spec.variables:
         n, missing = int(first[f"n:{name}"][0]), int(first[f"missing:{name}"][0])
@@ -98,7 +91,7 @@ def plan(spec: DescribeSpec, declared: discovery.Declared) -> Plan:
             continue
         sd = float(np.sqrt(second[f"ss:{name}"][0] / (n - 1))) if n > 1 else None
         variables[name] = {"kind": col.NUMERIC, "n": n, "missing": missing, "mean": means.get(name), "sd": sd,
-                           **_quantiles(spec.quantiles, n, searches.get(name), refused)}  # fmt: skip
+                           **_quantiles(spec.quantiles, n, searches.get(name))}  # fmt: skip
     return {"type": "describe", "n": int(first["rows"][0]), "n_dropped": int(first["n_dropped"][0]),
             "variables": variables}  # fmt: skip
 
@@ -119,8 +112,8 @@ def _searched(query: Query, searches: dict[str, order_statistics.Search]) -> Pla
     return total
 
 
-def _quantiles(quantiles: list[float], n: int, search: order_statistics.Search | None, refused: str) -> dict[str, Any]:
-    """Each quantile (None where a value it reads is withheld or was refused) and, if any is missing, why."""
+def _quantiles(quantiles: list[float], n: int, search: order_statistics.Search | None) -> dict[str, Any]:
+    """Each quantile (None where a value it reads is withheld) and, if any is, why."""
     if not quantiles:
         return {}
     found = search.values() if search else {}
@@ -132,9 +125,9 @@ def _quantiles(quantiles: list[float], n: int, search: order_statistics.Search |
     }
     result: dict[str, Any] = {"quantiles": out}
     if None in out.values():
-        result["quantiles_withheld"] = refused or (
+        result["quantiles_withheld"] = (
             "a quantile is released only with at least the minimum count of values below and above each value it "
-            "reads (never a minimum or maximum)"
+            "reads (never a minimum or maximum; in the clear, at each site)"
         )
     return result
 

@@ -18,6 +18,9 @@ import numpy as np
 
 from analyses.contract import AnalysisError, Contribution
 
+WITHHELD = -(1 << 40)
+"""What a site sends in each cell of a quantile search's row it may not release: any sum with it is negative."""
+
 UPPER = "~upper"
 """Suffix of the upper-bound array sent beside a count released as a range."""
 
@@ -37,9 +40,9 @@ class Control(StrEnum):
     """Guard [rows, parameters]: refuse unless rows ≥ parameters × the policy's rows per parameter."""
     RANK = "rank"
     """A quantile search's counts: per target row, values at or below each cut point, then the row's values in all.
-    A site's own counts must leave 0 or ≥ k values on each side of every cut; cross-site totals are published only
-    as whether each cut reaches the target's rank (the query's `ranks`), and not at all for a rank with fewer than
-    k values below or above it."""
+    A site's own row that leaves 1 … k−1 values on a side of a cut is sent withheld (all `WITHHELD`); cross-site
+    totals are published only as whether each cut reaches the target's rank (the query's `ranks`), and not at all
+    for a rank with fewer than k values below or above it."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ def release(
         item = next((i for i in manifest if i.matches(phase, key)), None)
         if item is None:
             raise Refused(f"'{key}' is not in the analysis' disclosure manifest")
+        if item.control == Control.RANK:
+            released[key] = withhold(value, limits.min_count) if own else value
+            continue
         if own:
             check(item, value, limits, Refused)
         if item.control == Control.RANGE:
@@ -163,16 +169,18 @@ def reached(counts: np.ndarray, ranks: list[int], k: int) -> np.ndarray:
     return out
 
 
+def withhold(counts: np.ndarray, k: int) -> np.ndarray:
+    """A site's own quantile-search rows as it may send them: a row leaving 1 … k−1 of its values below or above
+    a cut becomes all WITHHELD (the coordinator then gives that order statistic up)."""
+    below = np.asarray(counts)[:, :-1]
+    above = np.asarray(counts)[:, -1:] - below
+    small = np.any((below > 0) & (below < k), axis=1) | np.any((above > 0) & (above < k), axis=1)
+    return np.where(small[:, None], WITHHELD, counts)
+
+
 def check(item: Item, value: np.ndarray, limits: Limits, fail: type[Exception], totals: bool = False) -> None:
     """Raise `fail` if `value` breaks the item's minimum, guard or saturation rule (the message names the rule)."""
     k = limits.min_time_count if item.per_time else limits.min_count
-    if item.control == Control.RANK:
-        below = np.asarray(value)[..., :-1]
-        above = np.asarray(value)[..., -1:] - below
-        if np.any((below > 0) & (below < k)) or np.any((above > 0) & (above < k)):
-            raise fail(f"{item.meaning}: between 1 and {k - 1} values below or above a cut point (the site's "
-                       f"minimum is {k}; under secure aggregation only the cross-site totals are compared)")  # fmt: skip
-        return
     if item.control in (Control.MINIMUM, Control.GUARD) and np.any((value > 0) & (value < k)):
         if totals:
             raise fail(f"not published: {item.meaning}: a cross-site total between 1 and {k - 1} "
@@ -229,7 +237,8 @@ def rule(item: Item, limits: Limits, masked: bool) -> str:
             Control.MINIMUM: f"sent if each count is 0 or ≥ {k}, else refused",
             Control.GUARD: f"checked (each 0 or ≥ {k}), never sent",
             Control.SATURATION: f"checked (≥ {limits.rows_per_parameter} rows per parameter), never sent",
-            Control.RANK: f"sent if 0 or ≥ {k} values lie below and above each cut point, else refused",
+            Control.RANK: f"sent if 0 or ≥ {k} values lie below and above each cut point, else that order statistic "
+            "is withheld",
         }[item.control]
         if not masked:
             return own

@@ -35,16 +35,20 @@ def query(
     covariates: Sequence[str] = (),
     grouping: Sequence[str] = (),
     survival: FollowUp | None = None,
+    binary_event: bool = True,
 ) -> Query:
     """A discovery query: `numeric` columns must be numbers; `covariates` may be numbers or (declared) text;
-    `grouping` columns must have declared levels; `survival` sizes the time axis."""
+    `grouping` columns must have declared levels; `survival` sizes the time axis (its event column checked to be
+    0/1 unless `binary_event` is False: competing causes)."""
     return Query(
         PHASE,
         {
             "numeric": list(numeric),
             "covariates": {name: _listed(declared.get(name)) for name in covariates},
             "grouping": {name: _listed(declared[name]) for name in grouping},
-            "follow_up": [survival.duration, survival.event, survival.grid_width] if survival else None,
+            "follow_up": [survival.duration, survival.event if binary_event else None, survival.grid_width]
+            if survival
+            else None,
         },
     )
 
@@ -73,7 +77,8 @@ def local(rows: pd.DataFrame, params: dict[str, Any]) -> Contribution:
         out[f"levels:{name}"] = col.presence(rows, name, declared)
     if params["follow_up"]:
         duration, event, width = params["follow_up"]
-        col.events(rows, event)
+        if event is not None:
+            col.events(rows, event)
         out["follow_up"] = axis.presence(axis.cells(col.durations(rows, duration), float(width)))
     return out
 

@@ -245,11 +245,7 @@ def test_the_dry_run_releases_nothing_and_tells_which_site_would_refuse_by_which
     results, _ = study(two, clear + roster(two), approve=False)
     for site in ("hospital-1", "hospital-2"):
         refused = {key for key, reason in predicted[site].items() if reason}
-        assert refused == {key for key, result in results.items() if site in result.get("refused_by", {})} | {
-            "baseline"  # its quantile search is refused (a quantile is then withheld, the moments are computed)
-        }
-        assert "refused by hospital-" in results["baseline"]["variables"]["age"]["quantiles_withheld"]
-        assert predicted[site]["baseline"] in results["baseline"]["variables"]["age"]["quantiles_withheld"]
+        assert refused == {key for key, result in results.items() if site in result.get("refused_by", {})}
         assert predicted[site]["km"] == results["km"]["refused_by"][site]
 
 
@@ -280,3 +276,18 @@ def test_masked_quantiles_need_the_minimum_count_of_values_on_each_side(tmp_path
     assert got["quantiles"] == {"0.01": None, "0.5": data.age.quantile(0.5), "0.97": data.age.quantile(0.97)}
     assert "at least the minimum count of values below and above" in got["quantiles_withheld"]
     assert not exchange.refusals
+
+
+def test_in_the_clear_a_site_withholds_an_order_statistic_its_own_counts_would_reveal(tmp_path):
+    """Each site's counts at the cut points are seen: a row leaving 1–4 of its values on one side is withheld
+    (that quantile is null), the others are exact, and nothing is refused."""
+    block = 'id = "d"\ntype = "describe"\nvariables = ["age"]\nquantiles = [0.25, 0.5, 0.75]'
+    two = _hospitals(tmp_path, "clear_aggregation = true")[:2]
+    results, exchange = study(two, protocol_text(block))
+    assert exchange.summary()["mode"] == "clear" and not exchange.refusals
+    rows = pd.concat([rows for _, rows in list(lung_hospitals().values())[:2]]).dropna(subset=["age"])
+    got = results["d"]["variables"]["age"]
+    assert got["mean"] == pytest.approx(rows.age.mean(), abs=1e-12)
+    found = {q: value for q, value in got["quantiles"].items() if value is not None}
+    assert found == {q: rows.age.quantile(float(q)) for q in found}
+    assert len(found) < 3 and "in the clear, at each site" in got["quantiles_withheld"]

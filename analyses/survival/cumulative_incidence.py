@@ -1,9 +1,8 @@
 """Cumulative incidence per cause with competing risks (Aalen–Johansen), per group, equal to lifelines'
 `AalenJohansenFitter` (with its variance and confidence interval).
 
-Rounds: discover (column kinds, group levels in use) → axis (the follow-up bins Kaplan–Meier's discovery round
-sends; a round of its own because that one requires a 0/1 event) → counts per axis cell and group: events per
-cause and removals (events + censorings).
+Rounds: discover (column kinds, group levels in use, the follow-up axis as Kaplan–Meier's) → counts per axis cell
+and group: events per cause and removals (events + censorings).
 With S the all-cause Kaplan–Meier estimate, n and d the number at risk and all-cause events, dₖ cause k's:
   Fₖ(t) = Σ_{tᵢ≤t} S(tᵢ₋₁) dₖᵢ / nᵢ
   Var Fₖ(t) = Σ (Fₖ(t) − Fₖ(tᵢ))² dᵢ / (nᵢ(nᵢ − dᵢ)) + Σ S(tᵢ₋₁)² dₖᵢ(nᵢ − dₖᵢ) / nᵢ³
@@ -38,8 +37,6 @@ ALL = "all"
 
 MANIFEST = (
     *DISCOVERY,
-    Item("axis", "follow_up", "(bins,)", "per bin of a public coarse ladder of follow-up: 1 if any of the site's "
-         "durations falls in it, else 0 (sizes the time axis)"),
     Item("counts", "events", "(groups, causes, time cells)", "events per group, cause and time cell", Control.MINIMUM,
          per_time=True),
     Item("counts", "removed", "(groups, time cells)", "events + censorings per group and time cell", Control.MINIMUM,
@@ -98,10 +95,11 @@ class CumulativeIncidenceSpec(Spec, FollowUp, Confidence):
 
 
 def plan(spec: CumulativeIncidenceSpec, declared: discovery.Declared) -> Plan:
-    ask = discovery.query(declared, numeric=[spec.duration, spec.event], grouping=spec.grouping())
+    ask = discovery.query(declared, numeric=[spec.duration, spec.event], grouping=spec.grouping(), survival=spec,
+                          binary_event=False)  # fmt: skip
     schema = discovery.read((yield ask), ask)
-    cells = follow_up.axis_length((yield Query("axis"))["follow_up"])
-    total = yield Query("counts", {**schema.params(), "cells": cells})
+    cells = schema.cells
+    total = yield Query("counts", schema.params())
     groups = [col.label(level) for level in schema.levels[spec.group]] if spec.group else [ALL]
     times = np.arange(cells) * spec.grid_width
     return {
@@ -162,8 +160,6 @@ def curves(times: np.ndarray, events: np.ndarray, removed: np.ndarray, alpha: fl
 
 def local(spec: CumulativeIncidenceSpec, rows: pd.DataFrame, query: Query) -> Contribution:
     time, cause = spec.follow_up(rows)
-    if query.phase == "axis":
-        return {"follow_up": follow_up.presence(time)}
     cell, cells = col.cell_codes(rows, spec.grouping(), query.params["levels"])
     causes = len(spec.causes)
     table = counts.local(time, (cause > 0).astype(float), cell * causes + np.maximum(cause - 1, 0), cells * causes,
