@@ -118,7 +118,7 @@ def _quantiles(quantiles: list[float], n: int, search: order_statistics.Search |
         return {}
     found = search.values() if search else {}
     out = {
-        f"{q:g}": order_statistics.quantile(n, q, found)
+        str(q): order_statistics.quantile(n, q, found)
         if all(rank in found for rank in order_statistics.positions(n, q))
         else None
         for q in quantiles
@@ -126,8 +126,8 @@ def _quantiles(quantiles: list[float], n: int, search: order_statistics.Search |
     result: dict[str, Any] = {"quantiles": out}
     if None in out.values():
         result["quantiles_withheld"] = (
-            "a quantile is released only with at least the minimum count of values below and above each value it "
-            "reads (never a minimum or maximum; in the clear, at each site)"
+            "a quantile is released only under secure aggregation, and with at least the minimum count of values below "
+            "and above each value it reads (never a minimum or maximum)"
         )
     return result
 

@@ -40,9 +40,10 @@ class Control(StrEnum):
     """Guard [rows, parameters]: refuse unless rows ≥ parameters × the policy's rows per parameter."""
     RANK = "rank"
     """A quantile search's counts: per target row, values at or below each cut point, then the row's values in all.
-    A site's own row that leaves 1 … k−1 values on a side of a cut is sent withheld (all `WITHHELD`); cross-site
-    totals are published only as whether each cut reaches the target's rank (the query's `ranks`), and not at all
-    for a rank with fewer than k values below or above it."""
+    Never sent in the clear (a site's counts at fine cuts would place its patients): the rows go withheld (all
+    `WITHHELD`), as does a site's own masked row leaving 1 … k−1 values on a side of a cut where its policy holds
+    its own share to its minimums; cross-site totals are published only as whether each cut reaches the target's
+    rank (the query's `ranks`), and not at all for a rank with fewer than k values below or above it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Item:
     control: Control = Control.NONE
     per_time: bool = False
     """A count per time cell: checked against the policy's time-cell minimum."""
+    at_site: bool = False
+    """Checked against the site's own policy in every mode, also under secure aggregation: for replies whose
+    cross-site totals are sums of functions of each site's own data (strata or groups that are sites)."""
 
     @property
     def sent(self) -> bool:
@@ -103,15 +107,19 @@ def release(
         if item is None:
             raise Refused(f"'{key}' is not in the analysis' disclosure manifest")
         if item.control == Control.RANK:
-            released[key] = withhold(value, limits.min_count) if own else value
+            released[key] = value if not own else withhold(value, limits.min_count) if masked else _withheld(value)
             continue
-        if own:
+        if own or item.at_site:
             check(item, value, limits, Refused)
         if item.control == Control.RANGE:
             released[key], released[key + UPPER] = protect(value, limits.min_count) if own else (value, value)
-        elif item.sent or (masked and not item.per_time):
+        elif item.sent or (masked and not item.per_time and not item.at_site):
             released[key] = value
     return released
+
+
+def _withheld(counts: np.ndarray) -> np.ndarray:
+    return np.full(np.shape(counts), WITHHELD, dtype=np.int64)
 
 
 def publish(
@@ -139,7 +147,10 @@ def publish(
         if item.control == Control.SATURATION:
             value = np.array([value[0], value[1] // max(sites, 1)])  # every site sent the same parameter count
         if item.control == Control.RANK:
-            published[key] = reached(value, (params or {})["ranks"][key.split(":", 1)[1]], limits.min_count)
+            ranks = (params or {}).get("ranks", {}).get(key.split(":", 1)[1])
+            if ranks is None or len(ranks) != len(value):
+                raise AnalysisError(f"sites sent '{key}', which the query did not ask for")
+            published[key] = reached(value, ranks, limits.min_count)
             continue
         if not item.per_time:
             check(item, value, limits, AnalysisError, totals=True)
@@ -229,6 +240,13 @@ def rule(item: Item, limits: Limits, masked: bool) -> str:
     k = limits.min_time_count if item.per_time else limits.min_count
     if item.key.startswith("kind:"):
         return "sent in the clear (numeric or text; the only item never masked)"
+    if item.control == Control.RANK and not masked:
+        return (
+            "not sent in the clear (counts at fine cut points would place patients): quantiles need secure aggregation"
+        )
+    if item.at_site and masked and not limits.own_share_when_masked:
+        return (f"checked at this site (each 0 or ≥ {k}), also under secure aggregation: the cross-site totals "
+                "are sums of each site's own terms; never sent")  # fmt: skip
     if not masked or limits.own_share_when_masked:
         own = {
             Control.NONE: "sent",

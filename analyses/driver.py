@@ -113,10 +113,11 @@ def observed_levels(frames: Mapping[str, pd.DataFrame], specs: Mapping[str, Spec
 def run_in_memory(
     specs: Mapping[str, Spec], frames: Mapping[str, pd.DataFrame], declared: Declared | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Run analyses over site DataFrames in this process, exactly as a federation would.
+    """Run analyses over site DataFrames in this process, exactly as a federation would under secure aggregation
+    (its default) with minimum counts of 1.
 
     `declared` holds the values of grouping and text columns (default: those the frames hold).
     """
     levels = observed_levels(frames, specs) if declared is None else declared
     plans = {analysis_id: registry.plan(spec, levels) for analysis_id, spec in specs.items()}
-    return run(plans, in_memory(frames, specs))
+    return run(plans, in_memory(frames, specs, masked=True))

@@ -15,7 +15,9 @@ others add 0 to every sum; statsmodels turns Breslow–Day into NaN for them).
 Rounds: discover (levels in use) → column strata: 2×2 counts per stratum, summed over sites (the
 coordinator computes everything from the pooled tables; small cells are published as ranges, and then
 nothing else is); with "site" among the strata, each site's strata are its own: it sends the sums above
-over them ("terms"), then Breslow–Day's sum at the broadcast pooled ψ ("homogeneity"); no site's table leaves.
+over them ("terms"), then Breslow–Day's sum at the broadcast pooled ψ ("homogeneity"). These sums can give a
+site's own tables back (with few sites even from the totals), so each site holds every cell of its own strata to
+its minimum count, also under secure aggregation.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import Field, model_validator
 
 from analyses import columns as col
 from analyses import discovery, distributions
-from analyses.contract import AnalysisError, Contribution, DataError, Plan, Query
+from analyses.contract import AnalysisError, Contribution, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item, bounds, reported
 from analyses.spec import Confidence, Spec
 
@@ -49,6 +51,8 @@ MANIFEST = (
     Item("terms", "n_dropped", "(1,)", "rows left out for a missing value"),
     Item("terms", "guard:categories", "(4,)", "rows per compared exposure level and per outcome value",
          Control.GUARD),
+    Item("terms", "guard:cells", "(strata, 2, 2)", "stratified by site: patients per own stratum, exposure level "
+         "and outcome value (checked at the site also under secure aggregation)", Control.GUARD, at_site=True),
     Item("terms", "sums", "(11,)", "stratified by site, over the site's own strata: Σ ad/n, Σ bc/n, the four "
          "Robins–Breslow–Greenland sums, Σ a(c+d)/n, Σ c(a+b)/n, Σ a, Σ E[a], Σ Var[a]"),
     Item("terms", "strata", "(1,)", "stratified by site: the site's strata with both exposure levels and both "
@@ -225,7 +229,7 @@ def local(spec: MantelHaenszelSpec, rows: pd.DataFrame, query: Query) -> Contrib
     reference, exposed = params["pair"]
     keep = (exposure == reference) | (exposure == exposed)
     rows, is_exposed = rows[keep], (exposure[keep] == exposed).astype(np.int64)
-    event = _outcome(rows, spec.outcome)
+    event = col.events(rows, spec.outcome).astype(np.int64)
     stratum, strata = col.cell_codes(rows, spec.strata_columns, levels)
     tables = np.zeros((strata, 2, 2), dtype=np.int64)
     np.add.at(tables, (stratum, 1 - is_exposed, 1 - event), 1)
@@ -237,15 +241,7 @@ def local(spec: MantelHaenszelSpec, rows: pd.DataFrame, query: Query) -> Contrib
     return {
         "n": np.array([len(rows)]),
         "guard:categories": np.concatenate([np.bincount(is_exposed, minlength=2), np.bincount(event, minlength=2)]),
+        "guard:cells": own,
         "sums": sums(own),
         "strata": np.array([len(own)]),
     }
-
-
-def _outcome(rows: pd.DataFrame, name: str) -> np.ndarray:
-    """The 0/1 outcome as integers."""
-    values = col.numeric(rows, name)
-    bad = values[(values != 0) & (values != 1)]
-    if bad.size:
-        raise DataError(f"outcome column '{name}' must be 0 (no event) or 1 (event); found {bad[0]:g}")
-    return values.astype(np.int64)

@@ -11,8 +11,10 @@ maximum is the boundary γ = 0 (where statsmodels ends near 0 and warns).
 
 Rounds grouped by `"site"` (each site is one group and sends only totals for the broadcast γ):
 discover → moments (n, guards) → per γ: XᵀV⁻¹X, XᵀV⁻¹y, yᵀV⁻¹y, log|V| and their first two γ-derivatives
-(γ = 0, then a few Newton steps). Grouped by a column (a level may span sites): discover → moments (per
-level n, Σx, Σy; XᵀX, Xᵀy, yᵀy); the coordinator then evaluates ℓ(γ) alone.
+(γ = 0, then a few Newton steps); the totals over γ can give each site's rows and column sums back, so a site
+holds its rows and rows per covariate category to its minimum count also under secure aggregation. Grouped by
+a column (a level may span sites): discover → moments (per level n, Σx, Σy; XᵀX, Xᵀy, yᵀy); the coordinator
+then evaluates ℓ(γ) alone.
 Standard errors as statsmodels': the inverse Hessian in (β, γ) of the REML log-likelihood with σ²
 profiled out; at the boundary γ = 0 they are conditional on γ (the OLS ones), where statsmodels'
 Hessian is not negative definite.
@@ -48,6 +50,9 @@ MANIFEST = (
     *DISCOVERY,
     *MODEL_MOMENTS,
     Item("moments", "groups", "(1,)", "1 if the site has rows, else 0 (grouping by site: each site is one group)"),
+    Item("moments", "guard:own", "(k + 1,)", "grouping by site: the site's rows and rows per covariate category "
+         "(the γ rounds' totals can give them back, so checked at the site also under secure aggregation)",
+         Control.GUARD, at_site=True),
     Item("moments", "xtx", "(p, p)", "XᵀX of the intercept and covariates (grouping by a column)"),
     Item("moments", "xty", "(p,)", "Xᵀy (grouping by a column)"),
     Item("moments", "yty", "(1,)", "sum of the squared outcome (grouping by a column)"),
@@ -265,7 +270,8 @@ def local(spec: MixedSpec, rows: pd.DataFrame, query: Query) -> Contribution:
         "guard:saturation": np.array([len(rows), x.shape[1]]),
     }
     if spec.group == SITE:
-        return {**out, "groups": np.array([int(len(rows) > 0)])}
+        return {**out, "groups": np.array([int(len(rows) > 0)]),
+                "guard:own": np.append(len(rows), out["guard:categories"])}  # fmt: skip
     levels = params["levels"][spec.group]
     index = col.codes(rows, spec.group, levels)
     sum_x = np.zeros((len(levels), x.shape[1] - 1))

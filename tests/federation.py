@@ -26,6 +26,7 @@ sex = { levels = [1, 2] }
 id = "baseline"
 type = "describe"
 variables = ["age"]
+quantiles = []   # means and SDs: done before the Cox fits' Newton steps (a node is killed during them)
 
 [[analysis]]
 id = "km_sex"

@@ -157,7 +157,7 @@ def test_steward_commands_approve_revoke_list_and_meter(tmp_path):
     assert refused.returncode == 2 and "answer the prompt in a terminal, or pass --yes" in refused.stderr
     study([folder], protocol.read_text(), approve=False)
     usage = workbench("node", "usage", "--site", folder)
-    assert "test" in usage.stdout and " 4        4        0     46" in usage.stdout  # the search stops: withheld
+    assert "test" in usage.stdout and " 3        3        0     46" in usage.stdout  # clear: no quantile search
     sha = listed.stdout.splitlines()[1].split()[0]
     revoked = workbench("node", "revoke", sha[:10], "--site", folder, "--by", "Dr. Steward")
     assert revoked.returncode == 0 and "revoked the approval" in revoked.stdout

@@ -47,9 +47,11 @@ def _page(name: str, **state) -> AppTest:
     return test.run()
 
 
-def _add(page: AppTest, kind: str, identifier: str, **fields) -> None:
+def _add(page: AppTest, kind: str, identifier: str, texts: dict[str, str] | None = None, **fields) -> None:
     page.selectbox(key="new-analysis-type").set_value(kind).run()
     page.text_input(key="new-analysis-id").set_value(identifier)
+    for name, value in (texts or {}).items():
+        page.text_input(key=f"new-{kind}-{name}").set_value(value)
     for name, value in fields.items():
         (page.multiselect if isinstance(value, list) else page.selectbox)(key=f"new-{kind}-{name}").set_value(value)
     next(b for b in page.button if b.label == "Add analysis").click().run()
@@ -75,6 +77,9 @@ def test_the_designer_builds_a_valid_protocol_and_shows_what_leaves(workspace):
     assert page.error[0].value == "sex: a level is listed twice"
     _declare(page, "sex", "1, 2")
     _add(page, "cox", "cox", duration="time", event="status", covariates=["age", "sex"], ties="breslow")
+    _add(page, "describe", "table1", variables=["age"])  # its quantiles field shows "0.25, 0.5, 0.75"
+    _add(page, "ipw_cox", "weighted", {"arms": "1, 2"}, duration="time", event="status", treatment="sex",
+         confounders=["age"])
     next(s for s in page.selectbox if s.label == "Missing values").set_value("per_analysis").run()
     assert not page.exception and not page.error and not page.warning
     assert page.success[0].value.startswith("Valid protocol · SHA-256 ")
@@ -87,6 +92,8 @@ def test_the_designer_builds_a_valid_protocol_and_shows_what_leaves(workspace):
     assert protocol["cohort"]["missing"] == "per_analysis"
     assert protocol["analysis"][1] == {"id": "cox", "type": "cox", "alpha": 0.05, "duration": "time", "event": "status",
                                        "covariates": ["age", "sex"], "ties": "breslow", "penalizer": 0.0}  # fmt: skip
+    assert protocol["analysis"][2]["quantiles"] == [0.25, 0.5, 0.75]
+    assert protocol["analysis"][3]["arms"] == [1, 2] and protocol["analysis"][3]["confounders"] == ["age"]
     assert len(protocol["federation"]["sites"]) == 5
     assert any("cox: per round, what a site sends" in e.label for e in page.expander)
     rules = "\n".join("\n".join(frame.value["rule"]) for frame in page.dataframe if "rule" in frame.value)

@@ -130,7 +130,7 @@ def test_describe_quantiles_equal_pandas_to_the_bit(lung, gbsg, data, variables)
     result = federate(frames, d={"type": "describe", "variables": variables, "quantiles": QUANTILES})["d"]
     rows = pooled(frames)
     for name in variables:
-        assert result["variables"][name]["quantiles"] == {f"{q:g}": rows[name].quantile(q) for q in QUANTILES}
+        assert result["variables"][name]["quantiles"] == {str(q): rows[name].quantile(q) for q in QUANTILES}
         assert "quantiles_withheld" not in result["variables"][name]
 
 

@@ -106,14 +106,15 @@ def test_the_json_validates_against_its_schema(planned):
 def test_every_analysis_appears_in_section_4_with_its_manifest(planned):
     folder, document = planned
     protocol = protocol_module.load(folder / "protocol.toml")
-    layouts = {"cumulative_incidence", "cox_time_varying"}  # other data layouts: see the test below
+    layouts = {"cumulative_incidence", "cox_time_varying", "mantel_haenszel"}  # not on the demo's data: see below
     assert {spec.type for spec in protocol.analyses.values()} == set(registry.TYPES) - layouts
     _section4_lists_every_manifest(folder, document)
 
 
-def test_competing_risks_and_time_varying_cox_appear_in_section_4(tmp_path, sites):
+def test_competing_risks_time_varying_cox_and_mantel_haenszel_appear_in_section_4(tmp_path, sites):
     text = protocol_text(
         'id = "cif"\ntype = "cumulative_incidence"\nduration = "time"\nevent = "status"\ncauses = [1, 2]',
+        'id = "mh"\ntype = "mantel_haenszel"\nexposure = "sex"\noutcome = "status"\nstrata = ["site"]',
         'id = "tv"\ntype = "cox_time_varying"\npatient = "pid"\nstart = "start"\nstop = "stop"\nevent = "status"\n'
         'covariates = ["age"]',
     )
@@ -125,7 +126,7 @@ def test_competing_risks_and_time_varying_cox_appear_in_section_4(tmp_path, site
     _section4_lists_every_manifest(tmp_path, document)
     roles = {v["name"]: v["role"] for entry in document["disclosure"]["analyses"] for v in entry["variables"]}
     assert roles == {"time": "duration", "status": "event", "pid": "patient", "start": "start", "stop": "stop",
-                     "age": "covariates"}  # fmt: skip
+                     "age": "covariates", "sex": "exposure"}  # fmt: skip
     assert next(r for r in document["risks"] if r["id"] == "risk_set_differencing")["applies"]
 
 
@@ -163,6 +164,8 @@ def test_under_secure_aggregation_the_rules_apply_to_the_published_totals(planne
             assert item["sent"] and not item["masked"] and "in the clear" in text
         elif item["per_time"] and item["control"] == Control.GUARD:
             assert not item["sent"] and not item["masked"] and text.startswith("not sent")
+        elif text.startswith("checked at this site"):  # terms of one site's own data: its own counts checked there
+            assert not item["sent"] and not item["masked"] and item["control"] == Control.GUARD
         else:  # everything else leaves masked, guards and saturation included (checked on the totals)
             assert item["sent"] and item["masked"] and text.startswith("masked"), item
         if item["control"] == Control.MINIMUM and not item["per_time"]:

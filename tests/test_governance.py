@@ -20,7 +20,7 @@ from workbench.errors import StudyError
 from workbench.messages import Request
 from workbench.protocol import parse
 
-DESCRIBE_AGE = 'id = "ages"\ntype = "describe"\nvariables = ["age"]'
+DESCRIBE_AGE = 'id = "ages"\ntype = "describe"\nvariables = ["age"]\nquantiles = []'  # 3 rounds
 KM = 'id = "km"\ntype = "kaplan_meier"\nduration = "time"\nevent = "status"'
 COX = 'id = "cox"\ntype = "cox"\nduration = "time"\nevent = "status"\ncovariates = ["age", "sex", "ph.ecog"]'
 COX_BY_SITE = COX + '\nstrata = ["site"]'  # sends no per-time data

@@ -23,7 +23,7 @@ from workbench.messages import FULL_GRAPH, SPARSE_GRAPH, Reply, Request
 PERMISSIVE = "min_cell_count = 1\nmin_rows_per_parameter = 0\nclear_aggregation = true"
 SURV = 'duration = "time"\nevent = "status"'
 LUNG_SUITE = [
-    'id = "d"\ntype = "describe"\nvariables = ["age", "wt.loss", "meal.cal"]',
+    'id = "d"\ntype = "describe"\nvariables = ["age", "wt.loss", "meal.cal"]\nquantiles = []',  # clear: withheld
     'id = "x"\ntype = "crosstab"\nrow = "sex"\ncolumn = "ph.ecog"',
     'id = "t"\ntype = "ttest"\nvariable = "age"\ngroup = "sex"',
     'id = "a"\ntype = "anova"\nvariable = "age"\ngroup = "ph.ecog"',
@@ -40,7 +40,7 @@ LUNG_SUITE = [
     f'id = "cox_ridge"\ntype = "cox"\n{SURV}\ncovariates = ["age", "sex", "ph.ecog"]\npenalizer = 0.1',
 ]
 GBSG_SUITE = [
-    'id = "d"\ntype = "describe"\nvariables = ["age", "tgrade", "horTh"]',
+    'id = "d"\ntype = "describe"\nvariables = ["age", "tgrade", "horTh"]\nquantiles = []',
     'id = "x"\ntype = "crosstab"\nrow = "horTh"\ncolumn = "tgrade"',
     'id = "logit"\ntype = "logistic"\noutcome = "cens"\ncovariates = ["horTh", "age", "tgrade", "pnodes"]',
     'id = "km"\ntype = "kaplan_meier"\nduration = "time"\nevent = "cens"\ngroup = "horTh"',
@@ -264,7 +264,7 @@ class Recording(NodeFolders):
 
 def test_a_sparse_graph_sums_exactly_and_a_site_can_require_the_full_graph(tmp_path):
     frames = partition(actg175(), 24)
-    text = protocol_text('id = "d"\ntype = "describe"\nvariables = ["age", "karnof"]',
+    text = protocol_text('id = "d"\ntype = "describe"\nvariables = ["age", "karnof"]\nquantiles = []',
                          'id = "cox"\ntype = "cox"\nduration = "days"\nevent = "cens"\ncovariates = ["age", "cd40"]')  # fmt: skip
     sparse, runner = study(_sites(tmp_path, frames, "sparse"), text, exchange=Recording)
     assert set(Recording.graphs) == {SPARSE_GRAPH}

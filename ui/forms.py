@@ -10,9 +10,10 @@ from typing import Any, Literal, get_args, get_origin
 import streamlit as st
 from pydantic import BaseModel
 
-COLUMN_FIELDS = {"duration", "event", "group", "outcome", "variable", "row", "column", "exposure"}
+COLUMN_FIELDS = {"duration", "event", "group", "outcome", "variable", "row", "column", "exposure", "x", "y", "patient",
+                 "start", "stop", "treatment"}  # fmt: skip
 """Fields naming one column of the cohort table."""
-COLUMNS_FIELDS = {"variables", "covariates", "features", "strata"}
+COLUMNS_FIELDS = {"variables", "covariates", "features", "strata", "confounders"}
 """Fields naming several columns."""
 GRIDS = ["(exact times)", "day", "week", "month", "quarter", "year"]
 OPERATORS = ["==", "!=", "<", "<=", ">", ">=", "in", "not in", "missing", "not missing"]
@@ -64,6 +65,9 @@ def _scalar(label: str, annotation: Any, default: Any, key: str, help_text: str 
         return int(st.number_input(label, value=int(default or 0), step=1, key=key, help=help_text))
     if base is float:
         return float(st.number_input(label, value=float(default or 0.0), format="%g", key=key, help=help_text))
+    if base is list:  # values (groups, arms, causes, quantiles …): comma-separated, numbers where all are
+        text = st.text_input(label, value=value_text(default), key=key, help=help_text)
+        return levels_of(text) or None
     if base is tuple:
         text = st.text_input(label, value=", ".join(map(str, default or ())), key=key, help=help_text)
         return [int(part) for part in text.replace("x", ",").split(",") if part.strip().isdigit()] or None

@@ -11,7 +11,7 @@ An L2 `penalizer` λ subtracts N·λ·½·Σβ_s² on the standardized scale, as
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,29 @@ from analyses.disclosure import DISCOVERY, MODEL_MOMENTS, Control, Item, time_gu
 from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
 from analyses.survival import counts, risk_sets
-from analyses.survival.follow_up import FollowUp
+from analyses.survival.follow_up import FollowUp, TimeGrid
 
 SITE = "site"
 
+
+RISK_SET_ITEMS = (
+    Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
+    Item("newton", "S1", "(strata, event times, p)", "risk-set sum of exp(xβ)·x per event time"),
+    Item("newton", "S2", "(strata, event times, p, p)", "risk-set sum of exp(xβ)·xxᵀ per event time"),
+    Item("newton", "D0", "(strata, event times)", "sum of exp(xβ) over the deaths at each event time"),
+    Item("newton", "D1", "(strata, event times, p)", "sum of exp(xβ)·x over the deaths at each event time"),
+    Item("newton", "D2", "(strata, event times, p, p)", "sum of exp(xβ)·xxᵀ over the deaths at each event time"),
+    Item("newton", "d", "(strata, event times)", "deaths per event time", Control.MINIMUM, per_time=True),
+    Item("newton", "z", "(p,)", "sum of the covariates of all deaths"),
+)  # fmt: skip
+"""Per Newton step, the pooled-baseline reply: risk-set and tied-death sums per pooled event time."""
+
+SITE_ITEMS = (
+    Item("newton", "loglik", "(1,)", "stratified by site: the site's log partial likelihood"),
+    Item("newton", "gradient", "(p,)", "stratified by site: its gradient"),
+    Item("newton", "hessian", "(p, p)", "stratified by site: its Hessian"),
+)  # fmt: skip
+"""Per Newton step, stratified by site: the site's own partial likelihood and its derivatives."""
 
 MANIFEST = (
     *DISCOVERY,
@@ -37,19 +56,10 @@ MANIFEST = (
          "pooled event times)", Control.MINIMUM, per_time=True),
     Item("moments", "sum_x", "(p,)", "sum of each covariate (for standardization)"),
     Item("moments", "sum_x2", "(p,)", "sum of squares of each covariate (for standardization)"),
-    Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
-    Item("newton", "S1", "(strata, event times, p)", "risk-set sum of exp(xβ)·x per event time"),
-    Item("newton", "S2", "(strata, event times, p, p)", "risk-set sum of exp(xβ)·xxᵀ per event time"),
-    Item("newton", "D0", "(strata, event times)", "sum of exp(xβ) over the deaths at each event time"),
-    Item("newton", "D1", "(strata, event times, p)", "sum of exp(xβ)·x over the deaths at each event time"),
-    Item("newton", "D2", "(strata, event times, p, p)", "sum of exp(xβ)·xxᵀ over the deaths at each event time"),
-    Item("newton", "d", "(strata, event times)", "deaths per event time", Control.MINIMUM, per_time=True),
-    Item("newton", "z", "(p,)", "sum of the covariates of all deaths"),
+    *RISK_SET_ITEMS,
     Item("newton", "guard:removals", "(strata, event times + 1)", "patients leaving the risk set between event "
          "times", Control.GUARD, per_time=True),
-    Item("newton", "loglik", "(1,)", "stratified by site: the site's log partial likelihood"),
-    Item("newton", "gradient", "(p,)", "stratified by site: its gradient"),
-    Item("newton", "hessian", "(p, p)", "stratified by site: its Hessian"),
+    *SITE_ITEMS,
 )  # fmt: skip
 
 
@@ -81,24 +91,46 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
     moments = yield Query("moments", schema.params())
     times = [] if by_site else np.flatnonzero(moments["deaths"].sum(axis=0)).tolist()
     base = {**schema.params(), "times": times}
-    names = col.design_names(spec.covariates, schema.kinds, schema.levels)
     n, events = int(moments["n"][0]), int(moments["events"][0])
     if events == 0:
         raise AnalysisError("no events among the complete rows")
-    mean = moments["sum_x"] / n
-    sd = np.sqrt(np.maximum(moments["sum_x2"] - n * mean**2, 0) / (n - 1))
-    if np.any(sd == 0):
+    fit = yield from newton(spec, spec.ties, schema, moments, n, base)
+    return {"type": "cox", "n": n, "n_dropped": int(moments["n_dropped"][0]), "events": events, **fit}
+
+
+class CoxModel(Protocol):
+    """What the Newton steps read of a Cox analysis (proportional hazards, or with time-varying covariates)."""
+
+    covariates: list[str]
+    strata: list[str]
+    penalizer: float
+    alpha: float
+    time_grid: TimeGrid
+
+    @property
+    def grid_width(self) -> float: ...
+
+
+def newton(
+    spec: CoxModel, ties: str, schema: discovery.Schema, moments: Contribution, rows: int, base: dict[str, Any]
+) -> Plan:
+    """Newton steps on covariates standardized over `rows` rows (lifelines' scaling, its penalty N·λ·½·Σβ²);
+    returns the fit's part of the result."""
+    names = col.design_names(spec.covariates, schema.kinds, schema.levels)
+    mean = moments["sum_x"] / rows
+    sd = np.sqrt(np.maximum(moments["sum_x2"] - rows * mean**2, 0) / max(rows - 1, 1))
+    if not np.all(sd > 0):
         raise AnalysisError(f"covariate '{names[int(np.argmin(sd))]}' is constant in every complete row")
-    penalty = n * spec.penalizer
+    penalty = rows * spec.penalizer
 
     def ask(beta: np.ndarray) -> Query:
         return Query("newton", {**base, "mean": mean.tolist(), "sd": sd.tolist(), "beta": beta.tolist()})
 
     def evaluate(total: Contribution, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        if by_site:
+        if SITE in spec.strata:
             loglik, gradient, hessian = float(total["loglik"][0]), total["gradient"], total["hessian"]
         else:
-            loglik, gradient, hessian = risk_sets.partial_likelihood(total, beta, spec.ties)
+            loglik, gradient, hessian = risk_sets.partial_likelihood(total, beta, ties)
         return (
             loglik - penalty / 2 * float(beta @ beta),
             gradient - penalty * beta,
@@ -112,11 +144,7 @@ def plan(spec: CoxSpec, declared: discovery.Declared) -> Plan:
     q = distributions.norm_ppf(1 - spec.alpha / 2)
     lr = 2 * (fit.objective - fit.initial_objective)
     return {
-        "type": "cox",
-        "n": n,
-        "n_dropped": int(moments["n_dropped"][0]),
-        "events": events,
-        "ties": spec.ties,
+        "ties": ties,
         "penalizer": spec.penalizer,
         "strata": spec.strata,
         "time_grid": spec.time_grid,

@@ -31,9 +31,7 @@ from analyses.disclosure import DISCOVERY, Control, Item
 from analyses.spec import Confidence, Spec
 from analyses.survival import counts, follow_up
 from analyses.survival.follow_up import FollowUp
-
-ALL = "all"
-"""Group label when the analysis has no `group`."""
+from analyses.survival.kaplan_meier import ALL
 
 MANIFEST = (
     *DISCOVERY,

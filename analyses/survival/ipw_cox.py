@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from analyses import columns as col
 from analyses import discovery, distributions, glm
@@ -48,6 +48,8 @@ MANIFEST = (
     Item("weights", "sum_x", "(2, p)", "per arm: sum of each confounder"),
     Item("weights", "sum_x2", "(2, p)", "per arm: sum of squares of each confounder"),
     Item("weights", "sum_wx", "(2, p)", "per arm: weighted sum of each confounder"),
+    Item("weights", "guard:categories", "(2, k)", "per arm: rows per category of each text confounder (the balance "
+         "table's means give them back)", Control.GUARD),
     Item("newton", "S0", "(1, event times)", "risk-set sum of w·exp(xβ) per event time"),
     Item("newton", "S1", "(1, event times, 1)", "risk-set sum of w·exp(xβ)·x per event time"),
     Item("newton", "S2", "(1, event times, 1, 1)", "risk-set sum of w·exp(xβ)·x² per event time"),
@@ -74,6 +76,12 @@ class IpwCoxSpec(Spec, FollowUp, Confidence):
     weights: WEIGHTS = "ate"
     stabilized: bool = False
 
+    @model_validator(mode="after")
+    def _stabilized_ate_only(self) -> IpwCoxSpec:
+        if self.stabilized and self.weights != "ate":
+            raise ValueError('stabilized applies to weights = "ate" only (ATT and overlap weights need none)')
+        return self
+
     def columns(self) -> list[str]:
         return [self.duration, self.event, self.treatment, *self.confounders]
 
@@ -91,9 +99,11 @@ def plan(spec: IpwCoxSpec, declared: discovery.Declared) -> Plan:
     first = yield Query("weights", base)
     n = first["n"].astype(float)
     if np.any(n < 2):
-        raise AnalysisError(f"'{spec.treatment}' needs at least two rows in each arm (0 and 1)")
+        raise AnalysisError(
+            f"'{spec.treatment}' needs at least two rows in each arm ({', '.join(map(col.label, spec.arms))})"
+        )
     base["share"] = (n / n.sum()).tolist()
-    if spec.stabilized and spec.weights == "ate":  # the weights depend on the arms' shares: ask again with them
+    if spec.stabilized:  # the weights depend on the arms' shares: ask again with them
         first = yield Query("weights", base)
     times = np.flatnonzero(first["deaths"]).tolist()
     if not times:
@@ -205,7 +215,9 @@ def local(spec: IpwCoxSpec, rows: pd.DataFrame, query: Query) -> Contribution:
             "sum_x": np.stack([x[arm == a].sum(axis=0) for a in (0, 1)]),
             "sum_x2": np.stack([(x[arm == a] ** 2).sum(axis=0) for a in (0, 1)]),
             "sum_wx": np.stack([(w[arm == a, None] * x[arm == a]).sum(axis=0) for a in (0, 1)]),
-        }
+            "guard:categories": np.stack([col.category_counts(rows[arm == a], spec.confounders, params["kinds"],
+                                                              params["levels"]) for a in (0, 1)]),
+        }  # fmt: skip
     x = ((treated - params["mean"]) / params["sd"])[:, None]
     beta = np.asarray(params["beta"], dtype=float)
     times = np.asarray(params["times"], dtype=np.int64)
@@ -238,7 +250,7 @@ def _weights(spec: IpwCoxSpec, rows: pd.DataFrame, treated: np.ndarray, params: 
         raise DataError("a propensity score of exactly 0 or 1 (a confounder predicts the treatment perfectly)")
     if spec.weights == "ate":
         w = np.where(treated == 1, 1 / e, 1 / (1 - e))
-        if spec.stabilized and "share" in params:
+        if "share" in params and spec.stabilized:
             w = w * np.where(treated == 1, params["share"][1], params["share"][0])
         return w
     if spec.weights == "att":

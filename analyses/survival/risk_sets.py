@@ -13,8 +13,6 @@ import numpy as np
 
 from analyses.contract import Contribution
 
-KEYS = ("S0", "S1", "S2", "D0", "D1", "D2", "d", "z")
-
 
 def sums(
     time: np.ndarray,

@@ -22,12 +22,11 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from analyses import columns as col
-from analyses import discovery, distributions
+from analyses import discovery
 from analyses.contract import AnalysisError, Contribution, DataError, Plan, Query
 from analyses.disclosure import DISCOVERY, Control, Item
-from analyses.newton import maximize
 from analyses.spec import Confidence, Spec
-from analyses.survival import counts, risk_sets
+from analyses.survival import counts, cox, risk_sets
 from analyses.survival.cox import SITE
 from analyses.survival.follow_up import FollowUp, TimeGrid, cells
 
@@ -44,19 +43,10 @@ MANIFEST = (
          "pooled event times)", Control.MINIMUM, per_time=True),
     Item("moments", "sum_x", "(p,)", "sum of each covariate over rows (for standardization)"),
     Item("moments", "sum_x2", "(p,)", "sum of squares of each covariate over rows (for standardization)"),
-    Item("newton", "S0", "(strata, event times)", "risk-set sum of exp(xβ) per event time"),
-    Item("newton", "S1", "(strata, event times, p)", "risk-set sum of exp(xβ)·x per event time"),
-    Item("newton", "S2", "(strata, event times, p, p)", "risk-set sum of exp(xβ)·xxᵀ per event time"),
-    Item("newton", "D0", "(strata, event times)", "sum of exp(xβ) over the deaths at each event time"),
-    Item("newton", "D1", "(strata, event times, p)", "sum of exp(xβ)·x over the deaths at each event time"),
-    Item("newton", "D2", "(strata, event times, p, p)", "sum of exp(xβ)·xxᵀ over the deaths at each event time"),
-    Item("newton", "d", "(strata, event times)", "deaths per event time", Control.MINIMUM, per_time=True),
-    Item("newton", "z", "(p,)", "sum of the covariates of all deaths"),
+    *cox.RISK_SET_ITEMS,
     Item("newton", "guard:changes", "(strata, event times + 1)", "patients entering, leaving or changing "
          "covariates in the risk set between event times", Control.GUARD, per_time=True),
-    Item("newton", "loglik", "(1,)", "stratified by site: the site's log partial likelihood"),
-    Item("newton", "gradient", "(p,)", "stratified by site: its gradient"),
-    Item("newton", "hessian", "(p, p)", "stratified by site: its Hessian"),
+    *cox.SITE_ITEMS,
 )  # fmt: skip
 
 
@@ -109,64 +99,12 @@ def plan(spec: TimeVaryingCoxSpec, declared: discovery.Declared) -> Plan:
     moments = yield Query("moments", schema.params())
     times = [] if by_site else np.flatnonzero(moments["deaths"].sum(axis=0)).tolist()
     base = {**schema.params(), "times": times}
-    names = col.design_names(spec.covariates, schema.kinds, schema.levels)
     rows, events = int(moments["n_rows"][0]), int(moments["events"][0])
     if events == 0:
         raise AnalysisError("no events among the complete rows")
-    mean = moments["sum_x"] / rows
-    sd = np.sqrt(np.maximum(moments["sum_x2"] - rows * mean**2, 0) / max(rows - 1, 1))
-    if not np.all(sd > 0):
-        raise AnalysisError(f"covariate '{names[int(np.argmin(sd))]}' is constant in every complete row")
-    penalty = rows * spec.penalizer
-
-    def ask(beta: np.ndarray) -> Query:
-        return Query("newton", {**base, "mean": mean.tolist(), "sd": sd.tolist(), "beta": beta.tolist()})
-
-    def evaluate(total: Contribution, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        if by_site:
-            loglik, gradient, hessian = float(total["loglik"][0]), total["gradient"], total["hessian"]
-        else:
-            loglik, gradient, hessian = risk_sets.partial_likelihood(total, beta, "efron")
-        return (
-            loglik - penalty / 2 * float(beta @ beta),
-            gradient - penalty * beta,
-            hessian - penalty * np.eye(len(beta)),
-        )
-
-    fit = yield from maximize(np.zeros(len(names)), ask, evaluate)
-    beta = fit.beta / sd
-    se = np.sqrt(np.diag(np.linalg.inv(-fit.hessian))) / sd
-    z = beta / se
-    q = distributions.norm_ppf(1 - spec.alpha / 2)
-    lr = 2 * (fit.objective - fit.initial_objective)
-    return {
-        "type": "cox_time_varying",
-        "n": int(moments["n"][0]),
-        "n_rows": rows,
-        "n_dropped": int(moments["n_dropped"][0]),
-        "events": events,
-        "ties": "efron",
-        "penalizer": spec.penalizer,
-        "strata": spec.strata,
-        "time_grid": spec.time_grid,
-        "time_resolution": spec.grid_width,
-        "params": {
-            name: {
-                "coef": float(b),
-                "exp_coef": float(np.exp(b)),
-                "se": float(s),
-                "z": float(t),
-                "p": float(2 * distributions.norm_sf(abs(t))),
-                "ci_lower": float(b - q * s),
-                "ci_upper": float(b + q * s),
-            }
-            for name, b, s, t in zip(names, beta, se, z, strict=True)
-        },
-        "log_likelihood": fit.objective,
-        "log_likelihood_null": fit.initial_objective,
-        "likelihood_ratio_test": {"statistic": lr, "df": len(names), "p": distributions.chi2_sf(lr, len(names))},
-        "newton_steps": fit.evaluations,
-    }
+    fit = yield from cox.newton(spec, "efron", schema, moments, rows, base)
+    return {"type": "cox_time_varying", "n": int(moments["n"][0]), "n_rows": rows,
+            "n_dropped": int(moments["n_dropped"][0]), "events": events, **fit}  # fmt: skip
 
 
 def local(spec: TimeVaryingCoxSpec, rows: pd.DataFrame, query: Query) -> Contribution:
@@ -210,20 +148,20 @@ def intervals(spec: TimeVaryingCoxSpec, rows: pd.DataFrame) -> tuple[np.ndarray,
     event = col.events(rows, spec.event)
     empty = int(np.sum(begin >= end))
     if empty:
-        raise DataError(f"column '{spec.stop}': {empty} rows end at or before their '{spec.start}'; each row is "
-                        "an interval (start, stop] with start < stop")  # fmt: skip
+        raise DataError(f"column '{spec.stop}': rows end at or before their '{spec.start}'; each row is an interval "
+                        "(start, stop] with start < stop", private=f"{empty} rows")  # fmt: skip
     order = np.lexsort((begin, patient))
     overlap = (patient[order][1:] == patient[order][:-1]) & (begin[order][1:] < end[order][:-1])
     if overlap.any():
         patients = len(np.unique(patient[order][1:][overlap]))
-        raise DataError(f"column '{spec.patient}': {patients} patients have overlapping ('{spec.start}', "
-                        f"'{spec.stop}'] rows; a patient's rows must not overlap")  # fmt: skip
+        raise DataError(f"column '{spec.patient}': patients have overlapping ('{spec.start}', '{spec.stop}'] rows; a "
+                        "patient's rows must not overlap", private=f"{patients} patients")  # fmt: skip
     width = spec.grid_width
     start, stop = cells(begin, width), cells(end, width)
     collapsed = int(np.sum((start >= stop) & (event == 1)))
     if collapsed:
-        raise DataError(f"column '{spec.stop}': {collapsed} event rows start and end in the same time_grid cell "
-                        f"(width {width:g}); declare a finer time_grid")  # fmt: skip
+        raise DataError(f"column '{spec.stop}': event rows start and end in the same time_grid cell (width "
+                        f"{width:g}); declare a finer time_grid", private=f"{collapsed} event rows")  # fmt: skip
     return patient, start, stop, event
 
 

@@ -204,7 +204,7 @@ def _rounds(manifest: tuple[Item, ...], sites: list[Site], masked: bool) -> list
     """
     rounds: dict[str, list[dict[str, Any]]] = {}
     for item in manifest:
-        hidden = masked and not item.key.startswith("kind:") and (item.sent or not item.per_time)
+        hidden = masked and not item.key.startswith("kind:") and not item.at_site and (item.sent or not item.per_time)
         rounds.setdefault(item.phase, []).append({
             "key": item.key,
             "shape": item.shape,
