@@ -91,3 +91,32 @@ def test_the_quick_grid_does_not_wait_for_a_message_the_superlink_would_not_stor
 
     replies = quick_grid.QuickGrid(NodeLeft()).send_and_receive([object(), object(), object()], timeout=60)  # type: ignore[arg-type]
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m2"]
+
+
+class SlowGrid:
+    """Two pushed messages; the first pull blocks past the round's timeout (a stopped node's reply objects), the
+    replies of the others are there by then."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return ["a", "b"]
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        if self.pulls == 1:
+            import time
+
+            time.sleep(0.3)
+            return []
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in sorted(ids)]
+
+
+def test_a_pull_that_outlasts_the_timeout_still_collects_the_replies_already_there():
+    from flwr.superlink.grid import http_grid
+
+    replies = quick_grid.QuickGrid(SlowGrid()).send_and_receive([], timeout=0.1)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a", "b"]
+    assert quick_grid.quick_object_pulls() == ""
+    assert http_grid.pull_objects.keywords["max_time"] == quick_grid.OBJECT_WAIT  # a stopped node's upload ends

@@ -7,8 +7,10 @@ pull that brought replies) and backs off to 0.1 s while none come; every other c
 wrapped Grid.
 
 On the deployment engine a reply can be listed before all its objects reached the SuperLink, and
-Flower's Grid then asks for them again after 1 s, 2 s, 4 s …; `quick_object_pulls` (Flower
-internals, for the version the workbench is tested with) makes that 10 ms, capped at 0.2 s.
+Flower's Grid then asks for them again after 1 s, 2 s, 4 s … for up to two hours; `quick_object_pulls`
+(Flower internals, for the version the workbench is tested with) makes that 10 ms, capped at 0.2 s, for
+at most `OBJECT_WAIT` seconds: a node stopped while uploading its reply never completes it, and waiting
+for it held up the other sites' replies past the round's timeout.
 
 On the simulation engine, Flower hands pushed messages to its node workers in a loop that asks
 the message store, node by node, for each node's next message (every ask walks the whole store:
@@ -48,17 +50,23 @@ class QuickGrid:
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         interval = 0.005
-        while pending and (deadline is None or time.monotonic() < deadline):
+        while pending:  # the last pull starts after the deadline: a slow pull must not cost replies already there
+            late = deadline is not None and time.monotonic() >= deadline
             arrived = list(self._grid.pull_messages(pending))
             replies += arrived
             pending -= {message.metadata.reply_to_message_id for message in arrived}
+            if not pending or late:
+                break
             interval = 0.005 if arrived else min(0.1, interval * 1.3)
-            if pending:
-                time.sleep(interval)
+            time.sleep(interval)
         return replies
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+OBJECT_WAIT = 10.0
+"""Seconds a listed reply's objects may take to arrive before Flower's Grid reports the reply unavailable."""
 
 
 def quick_object_pulls() -> str:
@@ -72,7 +80,9 @@ def quick_object_pulls() -> str:
     if not callable(pulls):
         return "Flower's deployment Grid no longer pulls objects where expected"
     if not isinstance(pulls, functools.partial):
-        http_grid.pull_objects = functools.partial(pulls, initial_backoff=0.01, backoff_cap=0.2)  # type: ignore[attr-defined]
+        http_grid.pull_objects = functools.partial(  # type: ignore[attr-defined]
+            pulls, initial_backoff=0.01, backoff_cap=0.2, max_time=OBJECT_WAIT
+        )
     return ""
 
 
