@@ -25,11 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from hospital_node import imaging
-from hospital_node.training import LocalData, evaluate, noise_multiplier, train_round
+from hospital_node.training import LocalData, evaluate, noise_multiplier, plain_epochs, train_round
 from workbench import models, synthetic_imaging
 from workbench.training_spec import TrainingSpec
 
@@ -51,14 +49,6 @@ def cohort(folder: Path, sites: int, patients: int, size: int) -> list[tuple[np.
         found = imaging.load(site, "images", "images.csv", (size, size))
         data.append((found.images, found.labels))
     return data
-
-
-def plain_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, lr: float) -> None:
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for inputs, labels in DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
 
 
 def measure(architecture: str, mode: str, arrays: Path, batch: int) -> dict[str, float]:
@@ -87,7 +77,7 @@ def _measure_here(architecture: str, mode: str, arrays: Path, batch: int) -> Non
         model = models.build(architecture, features)
         started = time.perf_counter()
         if mode == "plain":
-            plain_epoch(model, x, y, batch, 0.1)
+            plain_epochs(model, x, y, batch, 0.1)
         else:
             train_round(model, data, training, sigma, 0.0)
         seconds.append(time.perf_counter() - started)
@@ -121,7 +111,7 @@ def federated(sites, test, architecture: str, rounds: int, epsilon: float | None
             local.load_state_dict(model.state_dict())
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             if epsilon is None:
-                plain_epoch(local, xt, yt, training.batch_size, training.learning_rate)
+                plain_epochs(local, xt, yt, training.batch_size, training.learning_rate)
                 state = local.state_dict()
             else:
                 sigma = noise_multiplier(training, len(y))[0]
@@ -138,7 +128,7 @@ def centralized(sites, test, architecture: str, epochs: int) -> dict[str, float]
     x = torch.from_numpy(np.concatenate([s[0] for s in sites]))
     y = torch.from_numpy(np.concatenate([s[1] for s in sites]))
     for _ in range(epochs):
-        plain_epoch(model, x, y, IMAGE["batch_size"], IMAGE["learning_rate"])
+        plain_epochs(model, x, y, IMAGE["batch_size"], IMAGE["learning_rate"])
     return evaluate(model, torch.from_numpy(test[0]), torch.from_numpy(test[1]))
 
 

@@ -117,6 +117,17 @@ def train_round(
     return state, history, float(np.mean(losses)) if losses else float("nan")
 
 
+def plain_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, lr: float, epochs: int = 1) -> None:
+    """Plain minibatch SGD, no clipping and no noise: the non-private reference DP training is compared with."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for inputs, labels in DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Loss, accuracy and ROC AUC (NaN unless both classes are present) of the model on (x, y)."""
     target = device()

@@ -265,7 +265,7 @@ def test_in_the_clear_each_site_applies_its_rules_to_its_own_reply():
 def test_trainings_list_the_models_tensors_and_replies(planned):
     _, document = planned
     trainings = {entry["id"]: entry for entry in document["disclosure"]["trainings"]}
-    for training_id, architecture, features in (("lesion", "cnn", 0), ("death", "logistic", 5)):
+    for training_id, architecture, features in (("lesion", "maxpool_cnn", 0), ("death", "logistic", 5)):
         state = models.build(architecture, features).state_dict()
         entry = trainings[training_id]
         assert [t["name"] for t in entry["tensors"]] == list(state)

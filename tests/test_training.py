@@ -86,9 +86,9 @@ def _training(**fields) -> TrainingSpec:
     return TrainingSpec.model_validate({**base, **fields})
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "densenet_small", "logistic", "mlp"])
+@pytest.mark.parametrize("architecture", ["cnn", "maxpool_cnn", "densenet_small", "logistic", "mlp"])
 def test_updates_have_the_models_own_names_and_shapes(architecture):
-    features = 0 if architecture in ("cnn", "densenet_small") else 3
+    features = 0 if architecture in ("cnn", "maxpool_cnn", "densenet_small") else 3
     shape = (24, 1, 16, 16) if features == 0 else (24, 3)
     x, y = torch.rand(shape), torch.randint(0, 2, (24,))
     spec = _training(model=architecture) if features == 0 else _training(
@@ -101,7 +101,7 @@ def test_updates_have_the_models_own_names_and_shapes(architecture):
     assert history == [(sigma, rate, steps)] and np.isfinite(loss)
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "densenet_small", "densenet121", "logistic", "mlp"])
+@pytest.mark.parametrize("architecture", ["cnn", "maxpool_cnn", "densenet_small", "densenet121", "logistic", "mlp"])
 def test_the_torch_free_parameter_count_matches_the_built_model(architecture):
     features = 5 if architecture in ("logistic", "mlp") else 0
     built = sum(p.numel() for p in models.build(architecture, features).parameters())

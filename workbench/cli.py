@@ -375,6 +375,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"demo: approved protocol {study.sha256[:12]} at {', '.join(s.name for s in sites)}, as each hospital's "
           "data steward would after reviewing `workbench node approve`", file=sys.stderr)  # fmt: skip
     code = _execute(study, sites, out, quiet=False)
+    if code == 0 and not omop:
+        print(demo.learning_line(out, sites, study), file=sys.stderr)
     from workbench.ethics import export
 
     export(protocol_path, sites, out, out / "ethics")

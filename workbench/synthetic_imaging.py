@@ -38,8 +38,11 @@ SCANNERS = (
 )
 
 
-def write_site(folder: Path, site: str, patients: pd.Series, scanner: Scanner, size: int = 32, seed: int = 0) -> Path:
-    """DICOM files under `folder/images/` and `folder/images.csv` (file, patient_id, label) for `patients`."""
+def write_site(
+    folder: Path, site: str, patients: pd.Series, scanner: Scanner, size: int = 32, seed: int = 0, lesion: float = 0.5
+) -> Path:
+    """DICOM files under `folder/images/` and `folder/images.csv` (file, patient_id, label) for `patients`;
+    `lesion` is a lesion's peak brightness over the anatomy's 0.3–0.7."""
     rng = np.random.default_rng(int(hashlib.sha256(f"{site}/{seed}".encode()).hexdigest()[:8], 16))
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,7 @@ def write_site(folder: Path, site: str, patients: pd.Series, scanner: Scanner, s
     rows = []
     for number, patient in enumerate(patients):
         label = int(rng.random() < 0.5)
-        pixels = _slice(rng, size, label, scanner)
+        pixels = _slice(rng, size, label, scanner, lesion)
         name = f"{patient}.dcm"
         uid = generate_uid(entropy_srcs=[site, str(patient)])
         _dataset(pixels, str(patient), scanner, study_uid, series_uid, uid, number + 1).save_as(
@@ -59,7 +62,7 @@ def write_site(folder: Path, site: str, patients: pd.Series, scanner: Scanner, s
     return images
 
 
-def _slice(rng: np.random.Generator, size: int, lesion: int, scanner: Scanner) -> np.ndarray:
+def _slice(rng: np.random.Generator, size: int, lesion: int, scanner: Scanner, peak: float) -> np.ndarray:
     smallest = max(1, size // 16)
     anatomy, _ = create_test_image_2d(size, size, num_objs=6, rad_min=smallest, rad_max=max(smallest + 1, size // 4),
                                       noise_max=0.0, random_state=np.random.RandomState(rng.integers(2**31)))  # fmt: skip
@@ -68,7 +71,7 @@ def _slice(rng: np.random.Generator, size: int, lesion: int, scanner: Scanner) -
         cy, cx = rng.uniform(size * 0.25, size * 0.75, size=2)
         radius = rng.uniform(size * 0.06, size * 0.1)
         yy, xx = np.mgrid[:size, :size]
-        image += 0.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        image += peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
     image = np.clip(image + rng.normal(0, scanner.noise, image.shape), 0, None) ** scanner.gamma
     return np.round(image * scanner.scale).astype(np.uint16)
 

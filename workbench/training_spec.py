@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from analyses.disclosure import Control, Item
 
-IMAGE_MODELS = ("cnn", "densenet_small", "densenet121")
+IMAGE_MODELS = ("cnn", "maxpool_cnn", "densenet_small", "densenet121")
 TABLE_MODELS = ("logistic", "mlp")
-IMAGE_PARAMETERS = {"cnn": 1386, "densenet_small": 13586, "densenet121": 6949634}
+IMAGE_PARAMETERS = {"cnn": 1386, "maxpool_cnn": 714, "densenet_small": 13586, "densenet121": 6949634}
 """Trainable parameters of each image model (`workbench.models` builds them; a test checks these counts), so a
 steward's review can state what a round sends without importing torch."""
 
@@ -42,7 +42,7 @@ class TrainingSpec(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     task: Literal["image_classification", "tabular_classification"]
     model: str | None = Field(
-        None, description="image: cnn (default), densenet_small, densenet121; table: logistic (default), mlp"
+        None, description="image: cnn (default), maxpool_cnn, densenet_small, densenet121; table: logistic (default), mlp"
     )
     images: str | None = Field(None, description="image task: folder of DICOM files in each site")
     labels: str | None = Field(None, description="image task: CSV with file or sop_instance_uid, and label (0/1)")
