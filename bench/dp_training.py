@@ -159,6 +159,7 @@ def main() -> None:
         x, y = np.concatenate([s[0] for s in sites]), np.concatenate([s[1] for s in sites])
         print(costs(folder, "cnn", x, y, "cnn", 32))
         print(costs(folder, "cnn", x, y, "cnn", 64))
+        print(costs(folder, "maxpool_cnn", x, y, "maxpool_cnn", 64))
         print(costs(folder, "densenet_small", x, y, "densenet_small", 64))
         print(costs(folder, "densenet121", x[:128], y[:128], "densenet121", 8))
         table = np.random.default_rng(0).normal(size=(20000, 10)).astype(np.float32)
