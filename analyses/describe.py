@@ -138,12 +138,12 @@ def local(spec: DescribeSpec, frame: pd.DataFrame, query: Query) -> Contribution
     for name in spec.variables:
         values = col.require(frame, name).dropna()
         if query.phase in ("spread", "rank"):
-            if name in params.get("cuts", {}):
-                x = col.numeric(frame, name)
-                out[f"below:{name}"] = order_statistics.at_or_below(x[~np.isnan(x)], params["cuts"][name])
-            if query.phase == "spread" and name in params["means"]:
+            if name in params.get("cuts", {}) or name in params.get("means", {}):
                 x = col.numeric(frame, name)
                 x = x[~np.isnan(x)]
+            if name in params.get("cuts", {}):
+                out[f"below:{name}"] = order_statistics.at_or_below(x, params["cuts"][name])
+            if name in params.get("means", {}):
                 out[f"ss:{name}"] = np.array([np.sum((x - params["means"][name]) ** 2)])
             continue
         out[f"n:{name}"] = np.array([len(values)])

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from hospital_node import imaging
-from hospital_node.training import LocalData, evaluate, noise_multiplier, plain_epochs, train_round
+from hospital_node.training import LocalData, averaged, evaluate, noise_multiplier, plain_epochs, train_round
 from workbench import models, synthetic_imaging
 from workbench.training_spec import TrainingSpec
 
@@ -118,8 +118,7 @@ def federated(sites, test, architecture: str, rounds: int, epsilon: float | None
                 state, _, _ = train_round(local, LocalData(xt, yt, xt[:1], yt[:1]), training, sigma, 0.0)
             states.append(state)
             weights.append(len(y))
-        total = sum(weights)
-        model.load_state_dict({k: sum(s[k] * w for s, w in zip(states, weights)) / total for k in states[0]})
+        model.load_state_dict(averaged(states, weights))
     return evaluate(model, torch.from_numpy(test[0]), torch.from_numpy(test[1]))
 
 

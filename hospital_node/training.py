@@ -128,6 +128,11 @@ def plain_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
             optimizer.step()
 
 
+def averaged(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    """FedAvg: the sites' weights averaged, each site weighted by its training rows."""
+    return {key: sum(state[key] * w for state, w in zip(states, weights)) / sum(weights) for key in states[0]}
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Loss, accuracy and ROC AUC (NaN unless both classes are present) of the model on (x, y)."""
     target = device()

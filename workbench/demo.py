@@ -122,7 +122,7 @@ def non_private_reference(sites: list[Path], protocol: Protocol, training_id: st
                                   spec.local_epochs)  # fmt: skip
             states.append(copy.state_dict())
             rows.append(len(local.y_train))
-        model.load_state_dict({key: sum(s[key] * n for s, n in zip(states, rows)) / sum(rows) for key in states[0]})
+        model.load_state_dict(training.averaged(states, rows))
     found = [(training.evaluate(model, d.x_val, d.y_val), len(d.y_val)) for d in data]
     return {key: sum(m[key] * n for m, n in found) / sum(n for _, n in found) for key in found[0][0]}
 

@@ -203,10 +203,10 @@ def local(spec: IpwCoxSpec, rows: pd.DataFrame, query: Query) -> Contribution:
         coded = rows.assign(**{spec.treatment: treated})
         return glm.local(spec.score(), coded, Query(query.phase.removeprefix(SCORE), params))
     time, event = spec.follow_up(rows)
-    w = _weights(spec, rows, treated, params)
+    x = col.design_matrix(rows, spec.confounders, params["kinds"], params["levels"])
+    w = _weights(spec, x, treated, params)
     arm = treated.astype(np.int64)
     if query.phase == "weights":
-        x = col.design_matrix(rows, spec.confounders, params["kinds"], params["levels"])
         return {
             "n": np.bincount(arm, minlength=2),
             "events": np.bincount(arm, event, minlength=2).astype(np.int64),
@@ -242,9 +242,8 @@ def _treated(spec: IpwCoxSpec, rows: pd.DataFrame) -> np.ndarray:
     return (keys == treated).astype(float)
 
 
-def _weights(spec: IpwCoxSpec, rows: pd.DataFrame, treated: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """Each row's weight from the broadcast propensity coefficients."""
-    x = col.design_matrix(rows, spec.confounders, params["kinds"], params["levels"])
+def _weights(spec: IpwCoxSpec, x: np.ndarray, treated: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Each row's weight from its confounders `x` and the broadcast propensity coefficients."""
     e = 1 / (1 + np.exp(-(params["score"][0] + x @ np.asarray(params["score"][1:], dtype=float))))
     if np.any((e <= 0) | (e >= 1)):
         raise DataError("a propensity score of exactly 0 or 1 (a confounder predicts the treatment perfectly)")
