@@ -41,7 +41,7 @@ def demo_run(tmp_path_factory):
 
 
 def _page(name: str, **state) -> AppTest:
-    test = AppTest.from_file(str(UI / "pages" / f"{name}.py"), default_timeout=60)
+    test = AppTest.from_file(str(UI / "screens" / f"{name}.py"), default_timeout=60)
     for key, value in state.items():
         test.session_state[key] = value
     return test.run()

@@ -8,7 +8,7 @@ import streamlit as st
 
 from ui import roles
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "screens"  # not "pages": Streamlit would also list that folder itself
 
 st.set_page_config(page_title="Multi-center research workbench", layout="wide")
 role = roles.current()
