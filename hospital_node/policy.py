@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from analyses.disclosure import Limits
 from analyses.registry import TYPES
 
-TRAINING_TASKS = ("image_classification", "tabular_classification")
+TRAINING_TASKS = ("image_classification", "image_segmentation", "tabular_classification")
 
 
 class Policy(BaseModel):

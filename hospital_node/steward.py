@@ -90,8 +90,12 @@ def _declared(protocol: Protocol) -> list[str]:
 
 def _training(site: Site, spec: TrainingSpec) -> list[str]:
     weights = parameter_count(spec.architecture, len(spec.features))
-    reads = (f"the DICOM files in '{spec.images}' (pixel data and geometry only) labelled by '{spec.labels}'"
-             if spec.task == "image_classification" else f"columns {', '.join(spec.columns())}")  # fmt: skip
+    reads = {
+        "image_classification": f"the DICOM files in '{spec.images}' (pixel data and geometry only) labelled by "
+        f"'{spec.labels}'",
+        "image_segmentation": f"the DICOM series in '{spec.images}' (pixel data and geometry only) and their NIfTI "
+        f"masks in '{spec.masks}'",
+    }.get(spec.task, f"columns {', '.join(spec.columns())}")
     privacy = spec.privacy
     return [
         f"Training '{spec.id}' ({spec.task}, model {spec.architecture}, {spec.rounds} rounds, {spec.strategy}) reads {reads}",

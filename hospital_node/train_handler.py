@@ -9,6 +9,7 @@ goes to the privacy ledger and the audit log before the weights leave.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +68,22 @@ def train(folder: str | Path, content: RecordDict, requester: str) -> RecordDict
 
 
 def evaluate(folder: str | Path, content: RecordDict, requester: str) -> RecordDict:
-    """Loss, accuracy and AUC of the global model on the site's held-out rows."""
+    """Loss, accuracy and AUC (segmentation: Dice and HD95) of the global model on the site's held-out rows."""
     admitted, spec, config = _admitted(folder, content, requester, "evaluate")
     site, protocol = admitted.site, admitted.protocol
     data = training.local_data(site, protocol, spec, _floats(config, "mean"), _floats(config, "sd"))
     if len(data.y_val) < site.policy.min_cell_count:
         raise Refused(f"its held-out rows are fewer than the site's minimum count {site.policy.min_cell_count}")
-    metrics: dict[str, Any] = {
-        "num-examples": len(data.y_val),
-        **training.evaluate(_model(spec, content), data.x_val, data.y_val),
-    }
+    model = _model(spec, content)
+    if spec.task == "image_segmentation":
+        found = training.evaluate_segmentation(model, data.x_val, data.y_val, spec)
+    else:
+        found = training.evaluate(model, data.x_val, data.y_val)
+    metrics: dict[str, Any] = {"num-examples": len(data.y_val), **found}
     admitted.audit.append(
         "release", protocol_sha256=protocol.sha256, study=protocol.model.study.id, round=int(config["server-round"]),
-        analysis=spec.id, phase="evaluate", rows=len(data.y_val), metrics=metrics,
+        analysis=spec.id, phase="evaluate", rows=len(data.y_val),
+        metrics={key: value if math.isfinite(value) else None for key, value in metrics.items()},
     )  # fmt: skip
     return RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"id": site.id})})
 

@@ -4,7 +4,9 @@ Each round: load the global weights, train `local_epochs` with Poisson-sampled b
 per-sample gradients clipped to `max_grad_norm` and Gaussian noise whose multiplier is chosen
 so that all the training's rounds together reach the study's target ε at the site. FedProx's
 proximal pull towards the global weights is applied as a separate, data-independent step (so it
-costs no privacy). Weights go back without Opacus' `_module.` prefixes.
+costs no privacy). Weights go back without Opacus' `_module.` prefixes. A segmentation's sample is
+one patient's whole volume (its DICOM series), so the guarantee is per patient, not per slice; its
+loss is Dice + cross-entropy and its evaluation Dice and HD95 per held-out volume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from analyses import columns as col
 from analyses.disclosure import Refused
-from hospital_node import imaging, population
+from hospital_node import dicom_series, imaging, population
 from hospital_node.privacy_ledger import History, epsilon
 from hospital_node.site import Site
 from workbench.protocol import Protocol
@@ -36,7 +38,7 @@ class LocalData:
     x_val: torch.Tensor
     y_val: torch.Tensor
     skipped: dict[str, int] = field(default_factory=dict)
-    """Image task: unusable files by reason."""
+    """Image task: unusable files (segmentation: series) by reason."""
 
 
 def device() -> torch.device:
@@ -47,15 +49,21 @@ def device() -> torch.device:
 def local_data(site: Site, protocol: Protocol, spec: TrainingSpec, mean: list[float], sd: list[float]) -> LocalData:
     """The site's rows for this training, split (always the same way) into training and validation."""
     skipped: dict[str, int] = {}
-    if spec.task == "image_classification":
-        found = imaging.load(site.path, spec.images or "", spec.labels or "", spec.image_size)
+    if spec.task in ("image_classification", "image_segmentation"):
+        if spec.task == "image_classification":
+            found = imaging.load(site.path, spec.images or "", spec.labels or "", spec.image_size)
+            x, y, what = found.images, found.labels, "labelled images"
+        else:
+            volumes = dicom_series.load(site.path, spec.images or "", spec.masks or "", spec.spacing,
+                                        spec.volume_size, spec.window)  # fmt: skip
+            found, what = volumes, "series"
+            x, y = volumes.images, volumes.masks[:, 0].astype(np.int64)
         skipped = found.skipped
         unusable = sum(skipped.values())
         if found.listed and unusable / found.listed > spec.max_unreadable:
             reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
-            raise Refused(f"{unusable} of {found.listed} labelled images cannot be used ({reasons}); "
+            raise Refused(f"{unusable} of {found.listed} {what} cannot be used ({reasons}); "
                           f"more than max_unreadable = {spec.max_unreadable:g}")  # fmt: skip
-        x, y = found.images, found.labels
     else:
         rows = col.complete_cases(population.cohort(site, protocol).rows, spec.columns())
         y = col.events(rows, spec.outcome or "").astype(np.int64)
@@ -96,7 +104,7 @@ def train_round(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
         max_grad_norm=spec.privacy.max_grad_norm, poisson_sampling=True,
     )  # fmt: skip
-    criterion = nn.CrossEntropyLoss()
+    criterion = loss_function(spec)
     losses = []
     for _ in range(spec.local_epochs):
         for inputs, labels in loader:
@@ -117,14 +125,38 @@ def train_round(
     return state, history, float(np.mean(losses)) if losses else float("nan")
 
 
-def plain_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, lr: float, epochs: int = 1) -> None:
+def loss_function(spec: TrainingSpec) -> nn.Module:
+    """Cross-entropy; for a segmentation Dice + cross-entropy, each a mean over the batch's samples."""
+    if spec.task != "image_segmentation":
+        return nn.CrossEntropyLoss()
+    from monai.losses import DiceCELoss
+
+    return _Unsqueezed(DiceCELoss(softmax=True, to_onehot_y=True))
+
+
+class _Unsqueezed(nn.Module):
+    """MONAI's losses take the label map with a channel axis."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, labels[:, None])
+
+
+def plain_epochs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, lr: float, epochs: int = 1,
+    criterion: nn.Module | None = None,
+) -> None:  # fmt: skip
     """Plain minibatch SGD, no clipping and no noise: the non-private reference DP training is compared with."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    criterion = criterion or nn.CrossEntropyLoss()
     model.train()
     for _ in range(epochs):
         for inputs, labels in DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(inputs), labels).backward()
+            criterion(model(inputs), labels).backward()
             optimizer.step()
 
 
@@ -148,3 +180,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
         ranks = stats.rankdata(score)
         metrics["auc"] = float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
     return metrics
+
+
+def evaluate_segmentation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainingSpec) -> dict[str, float]:
+    """Dice + CE loss, and over the held-out volumes the mean and SD of Dice (a volume without lesion that the
+    model leaves empty scores 1) and the mean HD95 in mm where both contours exist (absent if none does)."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    target = device()
+    model.to(target).eval()
+    with torch.no_grad():
+        logits = torch.cat([model(part.to(target)).cpu() for part in torch.split(x, 4)])
+    loss = float(loss_function(spec)(logits, y))
+    predicted = one_hot(logits.argmax(dim=1, keepdim=True), num_classes=2)
+    truth = one_hot(y[:, None], num_classes=2)
+    dice = compute_dice(predicted, truth, include_background=False, ignore_empty=False)[:, 0].numpy()
+    distance = compute_hausdorff_distance(predicted, truth, include_background=False, percentile=95,
+                                          spacing=list(spec.spacing))[:, 0].numpy()  # fmt: skip
+    finite = distance[np.isfinite(distance)]
+    metrics = {"loss": loss, "dice": float(dice.mean()), "dice-sd": float(dice.std(ddof=1)) if len(dice) > 1 else 0.0}
+    return metrics | ({"hd95": float(finite.mean())} if len(finite) else {})

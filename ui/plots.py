@@ -109,10 +109,17 @@ def love(balance: dict[str, dict[str, float]]) -> Figure:
 
 
 def training(summary: dict[str, Any], per_site: bool) -> Figure:
-    """Held-out loss and AUC per round (weighted over sites; each site's too for researchers)."""
+    """Held-out loss and AUC (segmentation: Dice, with the pooled 95% CI) per round, weighted over sites; each
+    site's too for researchers."""
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     rounds = [r["round"] for r in summary["rounds"]]
-    for ax, metric in zip(axes, ("loss", "auc"), strict=True):
+    score = "dice" if summary["task"] == "image_segmentation" else "auc"
+    if score == "dice":
+        weighted = [r["evaluate"]["weighted"] for r in summary["rounds"]]
+        axes[1].fill_between(rounds, [w.get("dice-ci-low", np.nan) for w in weighted],
+                             [w.get("dice-ci-high", np.nan) for w in weighted], color="black", alpha=0.12,
+                             label="95% CI (all held-out volumes)")  # fmt: skip
+    for ax, metric in zip(axes, ("loss", score), strict=True):
         ax.plot(
             rounds,
             [r["evaluate"]["weighted"].get(metric) for r in summary["rounds"]],

@@ -12,6 +12,11 @@ from typing import Any
 import torch
 
 from workbench.training import TrainingRun
+from workbench.training_spec import TrainingSpec
+
+UNITS = {"image_classification": "one image", "image_segmentation": "one patient's volume (DICOM series)",
+         "tabular_classification": "one cohort row"}  # fmt: skip
+"""What DP-SGD's sample, the unit the guarantee protects, is for each task."""
 
 
 def write(folder: Path, record: TrainingRun, results: dict[str, Any]) -> None:
@@ -42,9 +47,7 @@ def _card(record: TrainingRun, results: dict[str, Any]) -> dict[str, Any]:
         "task": spec.task,
         "architecture": spec.architecture,
         "parameters": sum(int(v.numel()) for v in record.final.values()),
-        "input": {"images": spec.images, "labels": spec.labels, "image_size": list(spec.image_size)}
-        if spec.task == "image_classification"
-        else {"table": "cohort", "features": spec.features, "outcome": spec.outcome},
+        "input": _input(spec),
         "sites": sorted(record.epsilon),
         "training_examples_per_site": examples,
         "rounds": spec.rounds,
@@ -52,6 +55,7 @@ def _card(record: TrainingRun, results: dict[str, Any]) -> dict[str, Any]:
         "strategy": spec.strategy,
         "privacy": {
             "mechanism": "DP-SGD (Opacus): per-sample clipping, Gaussian noise, Poisson sampling",
+            "unit": UNITS[spec.task],
             "accountant": "RDP, one per site for the whole training",
             "target_epsilon": spec.privacy.target_epsilon,
             "delta": spec.privacy.delta,
@@ -64,6 +68,22 @@ def _card(record: TrainingRun, results: dict[str, Any]) -> dict[str, Any]:
         "refusals": record.refusals,
         "software": results["software"],
     }
+
+
+def _dice(metrics: dict[str, float]) -> list[str]:
+    if "dice-ci-low" not in metrics:
+        return []
+    return [f"- Dice over all held-out volumes: {metrics['dice']:.3f} (95% CI {metrics['dice-ci-low']:.3f} to "
+            f"{metrics['dice-ci-high']:.3f})"]  # fmt: skip
+
+
+def _input(spec: TrainingSpec) -> dict[str, Any]:
+    if spec.task == "image_classification":
+        return {"images": spec.images, "labels": spec.labels, "image_size": list(spec.image_size)}
+    if spec.task == "image_segmentation":
+        return {"series": spec.images, "masks": spec.masks, "spacing_mm": list(spec.spacing),
+                "volume_size": list(spec.volume_size), "window": list(spec.window) if spec.window else "percentile"}  # fmt: skip
+    return {"table": "cohort", "features": spec.features, "outcome": spec.outcome}
 
 
 def _markdown(card: dict[str, Any]) -> str:
@@ -79,10 +99,11 @@ def _markdown(card: dict[str, Any]) -> str:
         f"- Training: {card['rounds']} rounds × {card['local_epochs']} local epoch(s), strategy {card['strategy']}; "
         f"best round {card['best_round']} (lowest weighted held-out loss)",
         f"- Held-out metrics after the last round (weighted over sites): {metrics}",
+        *_dice(card["final_metrics"]),
         "",
         "## Privacy",
         "",
-        f"{privacy['mechanism']}; {privacy['accountant']}. Target ε = {privacy['target_epsilon']} per site at "
+        f"{privacy['mechanism']}; one sample is {privacy['unit']}; {privacy['accountant']}. Target ε = {privacy['target_epsilon']} per site at "
         f"δ = {privacy['delta']}, clipping norm {privacy['max_grad_norm']}. ε spent per site: "
         + ", ".join(f"{site} {eps:.3f}" for site, eps in privacy["epsilon_spent"].items())
         + ".",

@@ -5,7 +5,9 @@ ReLU), ~1.4k parameters, chosen so that DP-SGD costs at most about twice plain t
 `maxpool_cnn`: two 3×3 MONAI convolution blocks at full resolution and a global max pool, ~700
 parameters: it finds a small bright finding anywhere in the image (the demo's lesions), and few
 parameters keep DP-SGD's noise small relative to the signal on a small archive;
-`densenet_small`: a MONAI DenseNet of 3 short dense blocks; `densenet121`: MONAI's DenseNet121.
+`densenet_small`: a MONAI DenseNet of 3 short dense blocks; `densenet121`: MONAI's DenseNet121;
+`unet` (segmentation): a 3-D MONAI U-Net (8, 16, 32 channels, two halvings, ~29k parameters) on a
+whole resampled volume, so that one sample, and the unit DP-SGD protects, is one patient's series.
 
 Opacus computes per-sample gradients, so BatchNorm (which mixes samples) is replaced by
 GroupNorm and activations run out of place. Coordinator and nodes build the same network
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import Convolution
-from monai.networks.nets import DenseNet, DenseNet121
+from monai.networks.nets import DenseNet, DenseNet121, UNet
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -48,6 +50,9 @@ def build(architecture: str, features: int = 0) -> nn.Module:
             Convolution(2, 8, 8, kernel_size=3, act=activation, norm=norm),
             nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES),
         )  # fmt: skip
+    if architecture == "unet":
+        return UNet(spatial_dims=3, in_channels=1, out_channels=CLASSES, channels=(8, 16, 32), strides=(2, 2),
+                    num_res_units=0, act=activation, norm=("group", {"num_groups": 4}))  # fmt: skip
     if architecture == "densenet_small":
         network: nn.Module = DenseNet(
             spatial_dims=2, in_channels=1, out_channels=CLASSES, init_features=16, growth_rate=8,

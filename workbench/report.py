@@ -85,8 +85,9 @@ def _training(training_id: str, summary: dict[str, Any]) -> str:
         f"model: {summary['model_path']} (best round {summary['best_round']}: {summary['best_model_path']})",
     ]
     skipped = {site: reasons for site, reasons in summary["skipped_images"].items() if reasons}
+    what = "series" if summary["task"] == "image_segmentation" else "image(s)"
     for site, reasons in skipped.items():
-        lines.append(f"{site} skipped " + ", ".join(f"{n} image(s): {reason}" for reason, n in reasons.items()))
+        lines.append(f"{site} skipped " + ", ".join(f"{n} {what}: {reason}" for reason, n in reasons.items()))
     lines += [f"refused: {r['reason']} (round {r['round']}, {r['phase']})" for r in summary["refusals"]]
     return "\n".join(lines)
 

@@ -3,7 +3,8 @@
 Each `[[training]]` block runs with FedAvg, FedProx or FedAdam (`flwr.serverapp.strategy`):
 every round the sites train locally with DP-SGD, the strategy aggregates their weights, and
 the sites evaluate the new global model on their held-out rows. Per round the record keeps
-each site's training loss and ε spent, each site's and the weighted evaluation metrics, and
+each site's training loss and ε spent, each site's and the weighted evaluation metrics (for a
+segmentation also the pooled Dice's SD and 95% CI over all held-out volumes), and
 every refusal (a site out of privacy budget, with too many unreadable images, …); the final
 and the best (lowest weighted evaluation loss) weights are kept for the model files.
 """
@@ -97,6 +98,8 @@ class TrainingRun:
                     message.content.metric_records["metrics"]
                 )
         entry["weighted"] = {key: float(value) for key, value in dict(weighted or {}).items()}
+        if self.spec.task == "image_segmentation" and entry["sites"]:
+            entry["weighted"] |= pooled_dice(entry["sites"].values())
         loss = entry["weighted"].get("loss")
         best = self.rounds[self.best_round - 1]["evaluate"]["weighted"].get("loss") if self.best_round else None
         if loss is not None and (best is None or loss < best):
@@ -124,6 +127,20 @@ def run(
         return record
     record.final = result.arrays.to_torch_state_dict()
     return record
+
+
+def pooled_dice(sites: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Mean Dice over all sites' held-out volumes with its SD and t-based 95% CI, from each site's volume count,
+    mean and SD (exactly what pooling the per-volume Dice would give)."""
+    from analyses.distributions import t_ppf
+
+    rows = [(site["num-examples"], site["dice"], site["dice-sd"]) for site in sites]
+    total = sum(n for n, _, _ in rows)
+    mean = sum(n * d for n, d, _ in rows) / total
+    squares = sum((n - 1) * sd**2 + n * d**2 for n, d, sd in rows)
+    sd = math.sqrt(max(squares - total * mean**2, 0.0) / (total - 1)) if total > 1 else 0.0
+    half = t_ppf(0.975, total - 1) * sd / math.sqrt(total) if total > 1 else math.nan
+    return {"dice": mean, "dice-sd": sd, "dice-ci-low": mean - half, "dice-ci-high": mean + half}
 
 
 def _weighted(records: list[RecordDict], weight_key: str) -> MetricRecord:

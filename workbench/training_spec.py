@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from analyses.disclosure import Control, Item
 
 IMAGE_MODELS = ("cnn", "maxpool_cnn", "densenet_small", "densenet121")
+SEGMENTATION_MODELS = ("unet",)
 TABLE_MODELS = ("logistic", "mlp")
-IMAGE_PARAMETERS = {"cnn": 1386, "maxpool_cnn": 714, "densenet_small": 13586, "densenet121": 6949634}
+IMAGE_PARAMETERS = {"cnn": 1386, "maxpool_cnn": 714, "densenet_small": 13586, "densenet121": 6949634, "unet": 28922}
 """Trainable parameters of each image model (`workbench.models` builds them; a test checks these counts), so a
 steward's review can state what a round sends without importing torch."""
 
@@ -40,13 +41,27 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-    task: Literal["image_classification", "tabular_classification"]
+    task: Literal["image_classification", "image_segmentation", "tabular_classification"]
     model: str | None = Field(
-        None, description="image: cnn (default), maxpool_cnn, densenet_small, densenet121; table: logistic (default), mlp"
+        None,
+        description="image: cnn (default), maxpool_cnn, densenet_small, densenet121; segmentation: unet "
+        "(3-D, default); table: logistic (default), mlp",
     )
-    images: str | None = Field(None, description="image task: folder of DICOM files in each site")
+    images: str | None = Field(
+        None, description="image task: folder of DICOM files in each site; segmentation: folder of DICOM series"
+    )
     labels: str | None = Field(None, description="image task: CSV with file or sop_instance_uid, and label (0/1)")
     image_size: tuple[int, int] = (64, 64)
+    masks: str | None = Field(None, description="segmentation: folder of NIfTI masks named <SeriesInstanceUID>.nii.gz")
+    spacing: tuple[float, float, float] = Field(
+        (2.0, 2.0, 2.0), description="segmentation: voxel size (mm) to resample to"
+    )
+    volume_size: tuple[int, int, int] = Field(
+        (48, 48, 32), description="segmentation: voxels (x, y, z) after resampling"
+    )
+    window: tuple[float, float] | None = Field(
+        None, description="segmentation: intensity window (CT Hounsfield units); none = MR percentile 1–99 scaling"
+    )
     outcome: str | None = Field(None, description="table task: 0/1 column of the cohort table")
     features: list[str] = Field(default_factory=list, description="table task: numeric columns")
     rounds: int = Field(5, ge=1, le=1000)
@@ -70,6 +85,19 @@ class TrainingSpec(BaseModel):
                 raise ValueError("an image_classification needs 'images' (a folder) and 'labels' (a CSV file)")
             if self.model not in (None, *IMAGE_MODELS):
                 raise ValueError(f"model '{self.model}' is not an image model ({', '.join(IMAGE_MODELS)})")
+        elif self.task == "image_segmentation":
+            if not self.images or not self.masks:
+                raise ValueError(
+                    "an image_segmentation needs 'images' (a folder of DICOM series) and 'masks' (a folder)"
+                )
+            if self.model not in (None, *SEGMENTATION_MODELS):
+                raise ValueError(f"model '{self.model}' is not a segmentation model ({', '.join(SEGMENTATION_MODELS)})")
+            if self.window is not None and self.window[0] >= self.window[1]:
+                raise ValueError("window must be [low, high] with low < high")
+            if min(self.spacing) <= 0:
+                raise ValueError("spacing must be three positive voxel sizes in mm")
+            if any(n < 8 or n % 4 for n in self.volume_size):
+                raise ValueError("volume_size must be three multiples of 4, each at least 8 (the U-Net halves twice)")
         else:
             if not self.outcome or not self.features:
                 raise ValueError("a tabular_classification needs 'outcome' and 'features'")
@@ -79,7 +107,7 @@ class TrainingSpec(BaseModel):
 
     @property
     def architecture(self) -> str:
-        return self.model or ("cnn" if self.task == "image_classification" else "logistic")
+        return self.model or {"image_classification": "cnn", "image_segmentation": "unet"}.get(self.task, "logistic")
 
     @property
     def scaling_id(self) -> str:
@@ -97,10 +125,14 @@ MANIFEST = (
     Item("train", "num-examples", "(1,)", "training rows used this round"),
     Item("train", "train-loss", "(1,)", "mean training loss of the last local epoch"),
     Item("train", "epsilon", "(1,)", "ε this training has spent at the site so far"),
-    Item("train", "skipped", "text", "image tasks: unreadable DICOM files per reason (counts)"),
-    Item("evaluate", "num-examples", "(1,)", "held-out rows", Control.MINIMUM),
-    Item("evaluate", "loss", "(1,)", "held-out cross-entropy of the global model"),
-    Item("evaluate", "accuracy", "(1,)", "held-out accuracy at the 0.5 threshold"),
-    Item("evaluate", "auc", "(1,)", "held-out ROC AUC"),
+    Item("train", "skipped", "text", "image tasks: unreadable DICOM files or rejected series per reason (counts)"),
+    Item("evaluate", "num-examples", "(1,)", "held-out rows (segmentation: volumes)", Control.MINIMUM),
+    Item("evaluate", "loss", "(1,)", "held-out loss of the global model (cross-entropy; segmentation: Dice + CE)"),
+    Item("evaluate", "accuracy", "(1,)", "classification: held-out accuracy at the 0.5 threshold"),
+    Item("evaluate", "auc", "(1,)", "classification: held-out ROC AUC"),
+    Item("evaluate", "dice", "(1,)", "segmentation: mean Dice over the held-out volumes"),
+    Item("evaluate", "dice-sd", "(1,)", "segmentation: SD of the held-out volumes' Dice (for the pooled 95% CI)"),
+    Item("evaluate", "hd95", "(1,)", "segmentation: mean 95th-percentile Hausdorff distance (mm) over the held-out "
+         "volumes where both contours exist"),
 )  # fmt: skip
 """What a site returns per training round and per evaluation (the node's train handler sends these)."""

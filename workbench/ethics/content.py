@@ -18,10 +18,9 @@ from analyses import registry
 from analyses.columns import label
 from analyses.disclosure import DISCOVERY, Control, Item, rule
 from analyses.spec import Spec
-from hospital_node import approvals, masking
+from hospital_node import approvals, dicom_series, imaging, masking
 from hospital_node.audit import AuditLog
 from hospital_node.identity import existing_public_line
-from hospital_node.imaging import ATTRIBUTES_READ
 from hospital_node.policy import Policy
 from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site
@@ -76,15 +75,7 @@ def build(protocol: Protocol, sites: list[Site], run: Path | None, language: str
         },
         "minimisation": _minimisation(protocol),
         "privacy": _privacy(protocol, sites, results),
-        "imaging": {
-            "used": any(t.task == "image_classification" for t in model.training),
-            "trainings": [
-                {"id": t.id, "images": t.images, "labels": t.labels, "image_size": list(t.image_size)}
-                for t in model.training
-                if t.task == "image_classification"
-            ],
-            "attributes_read": list(ATTRIBUTES_READ),
-        },
+        "imaging": _imaging(model.training),
         "risks": _risks(protocol, sites),
         "security": {
             "secure_aggregation": model.privacy.secure_aggregation,
@@ -367,3 +358,26 @@ def _run(results: dict[str, Any], run: Path) -> dict[str, Any]:
         "failed": sorted(results_module.failed(results)),
         "rows": None if None in rows else sum(rows),
     }
+
+
+def _imaging(trainings: list[TrainingSpec]) -> dict[str, Any]:
+    """Each image training's folders and preparation, and the DICOM attributes the node reads for them."""
+    images = [t for t in trainings if t.task != "tabular_classification"]
+    series = any(t.task == "image_segmentation" for t in images)
+    attributes = [*imaging.ATTRIBUTES_READ, *(dicom_series.ATTRIBUTES_READ if series else ())]
+    return {
+        "used": bool(images),
+        "trainings": [
+            {"id": t.id, "task": t.task, "images": t.images, "labels": t.labels or t.masks, "prepared": _prepared(t)}
+            for t in images
+        ],
+        "attributes_read": list(dict.fromkeys(attributes)),
+    }
+
+
+def _prepared(spec: TrainingSpec) -> str:
+    if spec.task == "image_classification":
+        return "one slice, resized to " + "×".join(map(str, spec.image_size))
+    window = f"window {spec.window[0]:g} to {spec.window[1]:g}" if spec.window else "percentile 1–99 scaling"
+    return (f"series → volume in RAS, resampled to {'×'.join(f'{v:g}' for v in spec.spacing)} mm, "
+            f"{'×'.join(map(str, spec.volume_size))} voxels, {window}")  # fmt: skip
