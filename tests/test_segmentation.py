@@ -4,6 +4,7 @@ pooled with its 95% CI, rejected series counted, per-site ε, model card and eth
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,23 @@ def test_the_ethics_content_lists_the_series_and_the_attributes_read(trained):
     assert "resampled to 3×3×4 mm, 32×32×16 voxels, window -100 to 300" in imaging["trainings"][0]["prepared"]
     assert {"ImagePositionPatient", "ImageOrientationPatient"} <= set(imaging["attributes_read"])
     assert not {"PatientName", "PatientID", "StudyDate"} & set(imaging["attributes_read"])
+
+
+def test_the_results_page_shows_dice_and_the_model_on_an_example_series(trained, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from ui.roles import Role
+
+    root, _, _ = trained
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path))
+    shutil.copytree(root / "out", tmp_path / "runs" / "20260101-000000-000000" / "out")
+    page = AppTest.from_file(str(Path(__file__).parents[1] / "ui" / "screens" / "results.py"), default_timeout=120)
+    page.session_state["role"] = Role("researcher")
+    page.run()
+    assert not page.exception
+    assert "model lesion_seg · image_segmentation" in [h.value for h in page.subheader]
+    rounds = next(frame.value for frame in page.dataframe if "dice-ci-low" in frame.value.columns)
+    assert rounds["round"].tolist() == [1, 2] and (rounds["dice-ci-low"] <= rounds["dice"]).all()
+    assert any("generated here and read by the nodes' own series loader" in c.value for c in page.caption)
+    labels = [b.label for b in page.get("download_button")]
+    assert labels.count("PNG") >= 3  # curves, the example series, ε

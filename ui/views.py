@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 from matplotlib.figure import Figure
 
-from ui import plots
+from ui import overlay, plots
 from ui.roles import Role
 
 
@@ -275,7 +276,7 @@ def _cumulative_incidence(name: str, result: dict[str, Any], role: Role) -> None
     table(pd.DataFrame(rows), f"{name}-summary", index=False)
 
 
-def training(training_id: str, summary: dict[str, Any], role: Role) -> None:
+def training(training_id: str, summary: dict[str, Any], role: Role, out: Path | None = None) -> None:
     st.subheader(f"model {training_id} · {summary.get('task', '')}")
     if "error" in summary:
         st.warning(summary["error"] if not role.viewer else "not available (the training could not be completed)")
@@ -285,6 +286,12 @@ def training(training_id: str, summary: dict[str, Any], role: Role) -> None:
     plots.show(plots.training(summary, per_site=not role.viewer), f"{training_id}-curves")
     rounds = pd.DataFrame([{"round": r["round"], **r["evaluate"]["weighted"]} for r in summary["rounds"]])
     table(rounds, f"{training_id}-rounds", index=False)
+    model = out / summary["model_path"] if out else None
+    if summary["task"] == "image_segmentation" and model and model.exists():
+        with st.expander("The final model on an example series (synthetic, made on this computer)"):
+            st.caption("No hospital's image leaves it: this CT series is generated here and read by the nodes' own "
+                       "series loader with the training's spacing, size and window.")  # fmt: skip
+            plots.show(overlay.segmentation_example(model.parent), f"{training_id}-example")
     if not role.viewer:
         plots.show(plots.epsilon(summary), f"{training_id}-epsilon")
         for refusal in summary["refusals"]:
