@@ -9,7 +9,7 @@
    nodes' series loader): time and memory DP vs plain, held-out Dice at ε ∈ {1, 3, 8, ∞}
    and centralized.
 
-    python bench/dp_training.py [--quick]
+    python bench/dp_training.py [--quick] [--segmentation]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from workbench.training_spec import TrainingSpec
 
 IMAGE = dict(task="image_classification", images="images", labels="images.csv", batch_size=64, learning_rate=0.5)
 SEGMENTATION = dict(task="image_segmentation", images="series", masks="masks", spacing=(3.0, 3.0, 4.0),
-                    volume_size=(32, 32, 16), window=(-100.0, 300.0), batch_size=20, learning_rate=2.0, clip=0.5)  # fmt: skip
+                    volume_size=(32, 32, 16), window=(-100.0, 300.0), batch_size=20, learning_rate=2.0, clip=0.5,
+                    local_epochs=3)  # fmt: skip
 PLAIN_SEGMENTATION = {**SEGMENTATION, "learning_rate": 1.0}
 """Non-private training takes unclipped gradients, so a smaller step (lr 2 diverges without clipping)."""
 
@@ -98,7 +99,7 @@ def _measure_here(architecture: str, mode: str, arrays: Path, batch: int) -> Non
         "outcome": "y",
         "features": ["f"] * features,
     }
-    training = spec(**{**options, "model": architecture, "batch_size": batch, "rounds": 1})
+    training = spec(**{**options, "model": architecture, "batch_size": batch, "rounds": 1, "local_epochs": 1})
     sigma = noise_multiplier(training, len(y))[0]
     data = LocalData(x, y, x[:1], y[:1])
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
@@ -142,9 +143,8 @@ def federated(sites, test, architecture: str, rounds: int, epsilon: float | None
             local.load_state_dict(model.state_dict())
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             if epsilon is None:
-                plain_epochs(
-                    local, xt, yt, training.batch_size, training.learning_rate, criterion=loss_function(training)
-                )
+                plain_epochs(local, xt, yt, training.batch_size, training.learning_rate, training.local_epochs,
+                             loss_function(training))  # fmt: skip
                 state = local.state_dict()
             else:
                 sigma = noise_multiplier(training, len(y))[0]
@@ -182,7 +182,8 @@ def segmentation(folder: Path, patients: int, rounds: int) -> None:
     print(f"{'model':<16} {'rows':>6} {'batch':>5} {'plain s/epoch':>13} {'DP s/epoch':>10} {'time x':>6} "
           f"{'plain MiB':>9} {'DP MiB':>7} {'memory x':>8}")  # fmt: skip
     print(costs(folder, "unet", x, y, "unet", SEGMENTATION["batch_size"]), flush=True)
-    print(f"# held-out Dice, unet, FedAvg {rounds} rounds x 1 local epoch, batch {SEGMENTATION['batch_size']}, "
+    print(f"# held-out Dice, unet, FedAvg {rounds} rounds x {SEGMENTATION['local_epochs']} local epochs, batch "
+          f"{SEGMENTATION['batch_size']}, "
           f"DP: lr {SEGMENTATION['learning_rate']}, clip {SEGMENTATION['clip']}; non-private: lr "
           f"{PLAIN_SEGMENTATION['learning_rate']}")  # fmt: skip
     print(f"{'training':<28} {'Dice':>6} {'HD95 mm':>8}")
@@ -190,7 +191,7 @@ def segmentation(folder: Path, patients: int, rounds: int) -> None:
         result = federated(sites, test, "unet", rounds, epsilon, SEGMENTATION if epsilon else PLAIN_SEGMENTATION)
         label = f"federated, eps = {epsilon:g}" if epsilon else "federated, non-private"
         print(f"{label:<28} {result['dice']:>6.3f} {result.get('hd95', float('nan')):>8.2f}", flush=True)
-    result = centralized(sites, test, "unet", rounds, PLAIN_SEGMENTATION)
+    result = centralized(sites, test, "unet", rounds * SEGMENTATION["local_epochs"], PLAIN_SEGMENTATION)
     print(f"{'centralized, non-private':<28} {result['dice']:>6.3f} {result.get('hd95', float('nan')):>8.2f}")
 
 

@@ -210,7 +210,7 @@ def _stamp(folder: Path) -> tuple[int, int]:
     return len(paths), max(p.stat().st_mtime_ns for p in paths)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)  # a simulation process may serve every site of a study
 def _load(
     folder: Path,
     labels: Path,

@@ -56,7 +56,7 @@ def load(site: Path, images: str, labels: str, size: tuple[int, int]) -> ImageSe
     return _load(folder, table, tuple(size), stamp)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)  # a simulation process may serve every site of a study
 def _load(folder: Path, table: Path, size: tuple[int, int], _stamp: tuple[int, int]) -> ImageSet:
     rows = _labels(table)
     paths = _paths(folder, rows)

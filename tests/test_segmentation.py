@@ -135,6 +135,12 @@ def test_the_ethics_content_lists_the_series_and_the_attributes_read(trained):
     assert "resampled to 3×3×4 mm, 32×32×16 voxels, window -100 to 300" in imaging["trainings"][0]["prepared"]
     assert {"ImagePositionPatient", "ImageOrientationPatient"} <= set(imaging["attributes_read"])
     assert not {"PatientName", "PatientID", "StudyDate"} & set(imaging["attributes_read"])
+    from workbench.ethics import export
+
+    export(root / "protocol.toml", sites, root / "out", root / "ethics")
+    html = (root / "ethics" / "ethics.html").read_text()
+    assert "Segmentation of DICOM series (3-D, per patient)" in html and "masks" in html
+    assert (root / "ethics" / "ethics.pdf").stat().st_size > 10_000
 
 
 def test_the_results_page_shows_dice_and_the_model_on_an_example_series(trained, tmp_path, monkeypatch):
@@ -155,3 +161,22 @@ def test_the_results_page_shows_dice_and_the_model_on_an_example_series(trained,
     assert any("generated here and read by the nodes' own series loader" in c.value for c in page.caption)
     labels = [b.label for b in page.get("download_button")]
     assert labels.count("PNG") >= 3  # curves, the example series, ε
+
+
+def test_the_segmentation_demo_builds_five_scanners_and_its_protocol_runs_on_them(tmp_path):
+    from hospital_node.dry_run import verdicts
+    from workbench import demo
+
+    sites = demo.build_series_sites(tmp_path, patients=6)
+    protocol = parse(demo.protocol_text("segmentation") + demo.roster(sites))
+    spec = protocol.trainings["lesion_contours"]
+    shapes, skipped = set(), {}
+    for site in sites:
+        found = dicom_series.load(site, spec.images, spec.masks, spec.spacing, spec.volume_size, spec.window)
+        shapes.add(found.images.shape[1:])
+        skipped[site.name] = found.skipped
+    assert shapes == {(1, 32, 32, 16)}
+    assert skipped == {f"ct-{k}": ({dicom_series.UNEVEN_SPACING: 1} if k == 2 else {}) for k in range(1, 6)}
+    assert {open_site(s).policy.min_cell_count for s in sites} == {5}  # the default policy
+    approvals.approve(open_site(sites[0]), protocol, by="steward")
+    assert verdicts(open_site(sites[0]), protocol, masked=True)[0] == {"lesion_contours": ""}

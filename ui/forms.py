@@ -70,7 +70,8 @@ def _scalar(label: str, annotation: Any, default: Any, key: str, help_text: str 
         return levels_of(text) or None
     if base is tuple:
         text = st.text_input(label, value=", ".join(map(str, default or ())), key=key, help=help_text)
-        return [int(part) for part in text.replace("x", ",").split(",") if part.strip().isdigit()] or None
+        numbers = [_number(part.strip()) for part in text.replace("x", ",").split(",") if part.strip()]
+        return [int(n) if isinstance(n, float) and n.is_integer() else n for n in numbers] or None
     text = st.text_input(label, value="" if default is None else str(default), key=key, help=help_text)
     return text or None
 

@@ -156,12 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     coordinator_start.set_defaults(command=_coordinator_start)
 
     demo_command = commands.add_parser(
-        "demo", help="build demo hospitals (lung: real lung cancer data; eunomia: OMOP CDM databases) and run a study"
+        "demo",
+        help="build demo hospitals (lung: real lung cancer data; eunomia: OMOP CDM databases; segmentation: "
+        "synthetic CT series) and run a study",
     )
-    demo_command.add_argument("study", nargs="?", choices=["lung", "eunomia"], default="lung",
+    demo_command.add_argument("study", nargs="?", choices=["lung", "eunomia", "segmentation"], default="lung",
                               help="lung (default): NCCTG lung cancer, 5 hospitals; eunomia: celecoxib vs diclofenac "
-                              "on 4 hospitals' OMOP CDM (DuckDB)")  # fmt: skip
-    demo_command.add_argument("--out", type=Path, help="folder for sites and results (default out/demo, out/eunomia)")
+                              "on 4 hospitals' OMOP CDM (DuckDB); segmentation: DP lesion contouring on 5 hospitals' "
+                              "CT series from different scanners (about 6 minutes on 2 cores)")  # fmt: skip
+    demo_command.add_argument("--out", type=Path, help="folder for sites and results (default out/demo, out/eunomia, "
+                              "out/segmentation)")  # fmt: skip
     demo_command.set_defaults(command=_demo)
 
     validate = commands.add_parser("validate", help="check a protocol and print its SHA-256")
@@ -362,21 +366,23 @@ def _demo(args: argparse.Namespace) -> int:
     from workbench import demo
 
     omop = args.study == "eunomia"
-    out: Path = args.out or Path("out/eunomia" if omop else "out/demo")
-    sites = demo.build_omop_sites(out / "sites") if omop else demo.build_sites(out / "sites")
+    out: Path = args.out or Path({"lung": "out/demo"}.get(args.study, f"out/{args.study}"))
+    build = {"lung": demo.build_sites, "eunomia": demo.build_omop_sites, "segmentation": demo.build_series_sites}
+    sites = build[args.study](out / "sites")
     from workbench import protocol
 
     protocol_path = out / "protocol.toml"
     protocol_path.write_text(demo.protocol_text(args.study) + demo.roster(sites), encoding="utf-8")
     study = protocol.load(protocol_path)
-    source = "Eunomia's OMOP CDM (DuckDB per hospital)" if omop else "the NCCTG lung cancer data"
+    source = {"lung": "the NCCTG lung cancer data", "eunomia": "Eunomia's OMOP CDM (DuckDB per hospital)",
+              "segmentation": "synthetic CT series from five scanners"}[args.study]  # fmt: skip
     print(f"demo: {len(sites)} hospital sites from {source} in {out / 'sites'}", file=sys.stderr)
     demo.approve(sites, study)
     print(f"demo: approved protocol {study.sha256[:12]} at {', '.join(s.name for s in sites)}, as each hospital's "
           "data steward would after reviewing `workbench node approve`", file=sys.stderr)  # fmt: skip
     code = _execute(study, sites, out, quiet=False)
     if code == 0 and not omop:
-        print(demo.learning_line(out, sites, study), file=sys.stderr)
+        print(demo.learning_line(out, sites, study, study.model.training[0].id), file=sys.stderr)
     from workbench.ethics import export
 
     export(protocol_path, sites, out, out / "ethics")

@@ -1,5 +1,6 @@
-"""The demo studies: real NCCTG lung cancer data split by its institutions into hospital sites, and
-Eunomia's OMOP CDM split by person into hospital databases."""
+"""The demo studies: real NCCTG lung cancer data split by its institutions into hospital sites,
+Eunomia's OMOP CDM split by person into hospital databases, and synthetic CT series from five
+scanners for lesion contouring."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import pandas as pd
 from hospital_node import approvals
 from hospital_node.gate import identity_line
 from hospital_node.site import open_site
-from workbench import synthetic_imaging
+from workbench import synthetic_imaging, synthetic_series
 from workbench.datasets import lung_hospitals
 from workbench.protocol import Protocol
 
-EXAMPLES = {"lung": "ncctg-lung.toml", "eunomia": "eunomia-celecoxib.toml"}
+EXAMPLES = {"lung": "ncctg-lung.toml", "eunomia": "eunomia-celecoxib.toml", "segmentation": "lesion-segmentation.toml"}
 
 
 def protocol_text(study: str = "lung") -> str:
-    """A bundled demo protocol without its site roster: "lung" (every built-in analysis on the lung data) or
-    "eunomia" (celecoxib vs diclofenac on OMOP CDM databases)."""
+    """A bundled demo protocol without its site roster: "lung" (every built-in analysis on the lung data),
+    "eunomia" (celecoxib vs diclofenac on OMOP CDM databases) or "segmentation" (lesion contours on CT series)."""
     return resources.files("workbench").joinpath(f"examples/{EXAMPLES[study]}").read_text(encoding="utf-8")
 
 
@@ -71,6 +72,40 @@ def build_sites(folder: Path) -> list[Path]:
     return sites
 
 
+SERIES = 100
+"""CT series (one per patient) in each hospital of the segmentation demo: DP-SGD needs about this many per site."""
+
+
+def build_series_sites(folder: Path, patients: int = SERIES) -> list[Path]:
+    """One fresh site folder per synthetic CT scanner: site.toml (the default policy), patients.csv (pseudonyms),
+    series/ (one DICOM series per patient, shuffled file names) and masks/ (its lesion's NIfTI mask); one
+    series at the second hospital lacks a slice, as real archives have: it is skipped and counted."""
+    sites = []
+    for number, scanner in enumerate(synthetic_series.SERIES_SCANNERS):
+        site = folder / f"ct-{number + 1}"
+        shutil.rmtree(site, ignore_errors=True)
+        site.mkdir(parents=True)
+        (site / "site.toml").write_text(
+            f'[site]\nid = "{site.name}"\nname = "Hospital {number + 1} ({scanner.manufacturer} CT)"\n',
+            encoding="utf-8",
+        )
+        patients_ids = pd.Series([f"C{number + 1}-{k:04d}" for k in range(patients)])
+        pd.DataFrame({"patient_id": patients_ids}).to_csv(site / "patients.csv", index=False)
+        synthetic_series.write_site(site, site.name, patients_ids, scanner)
+        sites.append(site)
+    _drop_a_middle_slice(sites[1] / "series")
+    return sites
+
+
+def _drop_a_middle_slice(folder: Path) -> None:
+    import pydicom
+
+    headers = [(pydicom.dcmread(p, stop_before_pixels=True), p) for p in sorted(folder.iterdir())]
+    first = headers[0][0].SeriesInstanceUID
+    series = sorted((h for h in headers if h[0].SeriesInstanceUID == first), key=lambda h: int(h[0].InstanceNumber))
+    series[len(series) // 2][1].unlink()
+
+
 def build_omop_sites(folder: Path, source: Path | None = None) -> list[Path]:
     """One fresh site folder per hospital: site.toml pointing at its own OMOP CDM DuckDB file (Eunomia's persons,
     or those of the CDM file `source`, dealt 40/30/20/10 %, workbench.eunomia), with the default policy."""
@@ -100,6 +135,10 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) - 100])
 
 
+NON_PRIVATE_RATE = {"image_segmentation": 0.5}
+"""Without clipping, the segmentation's gradients are larger than DP-SGD's clipped ones: half its step size."""
+
+
 def non_private_reference(sites: list[Path], protocol: Protocol, training_id: str) -> dict[str, float]:
     """The same federated training without DP noise (plain SGD, FedAvg), run in this process on the demo's own
     synthetic sites: its last round's held-out metrics averaged over the sites weighted by their held-out rows,
@@ -111,31 +150,39 @@ def non_private_reference(sites: list[Path], protocol: Protocol, training_id: st
 
     spec = next(t for t in protocol.model.training if t.id == training_id)
     data = [training.local_data(open_site(folder), protocol, spec, [], []) for folder in sites]
-    model = models.build(spec.model or "cnn")
+    model = models.build(spec.architecture)
     torch.manual_seed(spec.seed)
+    criterion = training.loss_function(spec)
+    rate = spec.learning_rate * NON_PRIVATE_RATE.get(spec.task, 1.0)
     for _ in range(spec.rounds):
         states, rows = [], []
         for local in data:
-            copy = models.build(spec.model or "cnn")
+            copy = models.build(spec.architecture)
             copy.load_state_dict(model.state_dict())
-            training.plain_epochs(copy, local.x_train, local.y_train, spec.batch_size, spec.learning_rate,
-                                  spec.local_epochs)  # fmt: skip
+            training.plain_epochs(copy, local.x_train, local.y_train, spec.batch_size, rate, spec.local_epochs,
+                                  criterion)  # fmt: skip
             states.append(copy.state_dict())
             rows.append(len(local.y_train))
         model.load_state_dict(training.averaged(states, rows))
-    found = [(training.evaluate(model, d.x_val, d.y_val), len(d.y_val)) for d in data]
+    if spec.task == "image_segmentation":
+        found = [(training.evaluate_segmentation(model, d.x_val, d.y_val, spec), len(d.y_val)) for d in data]
+    else:
+        found = [(training.evaluate(model, d.x_val, d.y_val), len(d.y_val)) for d in data]
     return {key: sum(m[key] * n for m, n in found) / sum(n for _, n in found) for key in found[0][0]}
 
 
 def learning_line(out: Path, sites: list[Path], protocol: Protocol, training_id: str = "lesion") -> str:
-    """The DP model's held-out AUC per round, and the non-private federated figure beside its last one."""
+    """The DP model's held-out AUC (segmentation: pooled Dice) per round, and the non-private federated figure
+    beside its last one."""
     rounds = json.loads((out / "results.json").read_text(encoding="utf-8"))["training"][training_id]["rounds"]
-    aucs = " → ".join(f"{r['evaluate']['weighted']['auc']:.3f}" for r in rounds)
-    epsilon = next(t for t in protocol.model.training if t.id == training_id).privacy.target_epsilon
-    reference = non_private_reference(sites, protocol, training_id)["auc"]
+    spec = next(t for t in protocol.model.training if t.id == training_id)
+    metric, model = ("dice", "segmentation") if spec.task == "image_segmentation" else ("auc", "classifier")
+    scores = " → ".join(f"{r['evaluate']['weighted'][metric]:.3f}" for r in rounds)
+    reference = non_private_reference(sites, protocol, training_id)[metric]
     return (
-        f"demo: {training_id} classifier, held-out AUC per round at ε = {epsilon:g} per site: {aucs}; the same "
-        f"federated training without DP noise (run here on the synthetic images): {reference:.3f}"
+        f"demo: {training_id} {model}, held-out {metric.upper() if metric == 'auc' else 'Dice'} per round at "
+        f"ε = {spec.privacy.target_epsilon:g} per site: {scores}; the same federated training without DP noise "
+        f"(run here on the synthetic images): {reference:.3f}"
     )
 
 
