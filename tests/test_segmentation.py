@@ -19,7 +19,7 @@ from hospital_node import approvals, dicom_series
 from hospital_node.audit import AuditLog
 from hospital_node.site import open_site
 from tests.conftest import make_site, roster
-from workbench import models, synthetic_series
+from workbench import demo, models, synthetic_series
 from workbench.protocol import ProtocolError, parse
 from workbench.training import pooled_dice
 
@@ -79,7 +79,7 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], subprocess.CompletedPro
         site = make_site(root / name, pd.DataFrame({"patient_id": patients}), 'row_id = "patient_id"')
         synthetic_series.write_site(site, name, patients, synthetic_series.SERIES_SCANNERS[number])
         sites.append(site)
-    _drop_a_middle_slice(sites[0] / "series")
+    demo.drop_a_middle_slice(sites[0] / "series")
     text = '[study]\nid = "seg"\ntitle = "Lesion contours"\n' + SEGMENTATION + roster(sites)
     (root / "protocol.toml").write_text(text)
     for site in sites:
@@ -88,15 +88,6 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], subprocess.CompletedPro
                            *[a for s in sites for a in ("--site", str(s))], "--out", str(root / "out")],
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     return root, sites, done
-
-
-def _drop_a_middle_slice(folder: Path) -> None:
-    import pydicom
-
-    headers = [(pydicom.dcmread(p, stop_before_pixels=True), p) for p in sorted(folder.iterdir())]
-    first = headers[0][0].SeriesInstanceUID
-    series = sorted((h for h in headers if h[0].SeriesInstanceUID == first), key=lambda h: h[0].InstanceNumber)
-    series[len(series) // 2][1].unlink()
 
 
 def test_federated_dp_segmentation_through_flower(trained):
@@ -165,7 +156,6 @@ def test_the_results_page_shows_dice_and_the_model_on_an_example_series(trained,
 
 def test_the_segmentation_demo_builds_five_scanners_and_its_protocol_runs_on_them(tmp_path):
     from hospital_node.dry_run import verdicts
-    from workbench import demo
 
     sites = demo.build_series_sites(tmp_path, patients=6)
     protocol = parse(demo.protocol_text("segmentation") + demo.roster(sites))

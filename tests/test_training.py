@@ -101,7 +101,9 @@ def test_updates_have_the_models_own_names_and_shapes(architecture):
     assert history == [(sigma, rate, steps)] and np.isfinite(loss)
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "maxpool_cnn", "densenet_small", "densenet121", "unet", "logistic", "mlp"])
+@pytest.mark.parametrize(
+    "architecture", ["cnn", "maxpool_cnn", "densenet_small", "densenet121", "unet", "logistic", "mlp"]
+)
 def test_the_torch_free_parameter_count_matches_the_built_model(architecture):
     features = 5 if architecture in ("logistic", "mlp") else 0
     built = sum(p.numel() for p in models.build(architecture, features).parameters())

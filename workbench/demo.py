@@ -93,11 +93,12 @@ def build_series_sites(folder: Path, patients: int = SERIES) -> list[Path]:
         pd.DataFrame({"patient_id": patients_ids}).to_csv(site / "patients.csv", index=False)
         synthetic_series.write_site(site, site.name, patients_ids, scanner)
         sites.append(site)
-    _drop_a_middle_slice(sites[1] / "series")
+    drop_a_middle_slice(sites[1] / "series")
     return sites
 
 
-def _drop_a_middle_slice(folder: Path) -> None:
+def drop_a_middle_slice(folder: Path) -> None:
+    """Delete the middle slice (by InstanceNumber) of the first series in `folder`: a gap its node must catch."""
     import pydicom
 
     headers = [(pydicom.dcmread(p, stop_before_pixels=True), p) for p in sorted(folder.iterdir())]
