@@ -15,8 +15,7 @@ from hospital_node.privacy_ledger import PrivacyLedger
 from hospital_node.site import Site, SiteError
 from workbench.messages import SPARSE_GRAPH
 from workbench.protocol import Protocol
-from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
-from workbench.training_spec import TrainingSpec, parameter_count
+from workbench.training_spec import TrainingSpec, manifest, parameter_count
 
 
 def preview(site: Site, protocol: Protocol) -> str:
@@ -102,7 +101,7 @@ def _training(site: Site, spec: TrainingSpec) -> list[str]:
         f"  the model's weights: {weights:,} parameters ({weights * 4:,} bytes) per round",
         *[
             f"  {item.phase:<9} {item.key:<20} {item.meaning} ({rule(item, site.policy.limits, False)})"
-            for item in TRAINING_MANIFEST
+            for item in manifest(spec.task)
         ],
         f"  privacy: DP-SGD (Opacus), target ε = {privacy.target_epsilon:g} for the whole training at δ = {privacy.delta:g}, "
         f"clipping norm {privacy.max_grad_norm:g}; this site's budget: max_epsilon {site.policy.max_epsilon:g}",

@@ -27,7 +27,7 @@ from workbench import demo, models, results
 from workbench import protocol as protocol_module
 from workbench.ethics import content, render
 from workbench.server_app import StudyRun
-from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
+from workbench.training_spec import manifest
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "ethics"
 SECTIONS = ("1. Study identification", "2. Purpose and research questions", "3. Description of the processing",
@@ -265,14 +265,15 @@ def test_in_the_clear_each_site_applies_its_rules_to_its_own_reply():
 def test_trainings_list_the_models_tensors_and_replies(planned):
     _, document = planned
     trainings = {entry["id"]: entry for entry in document["disclosure"]["trainings"]}
-    for training_id, architecture, features in (("lesion", "maxpool_cnn", 0), ("death", "logistic", 5)):
+    for training_id, architecture, features, task in (("lesion", "maxpool_cnn", 0, "image_classification"),
+                                                      ("death", "logistic", 5, "tabular_classification")):  # fmt: skip
         state = models.build(architecture, features).state_dict()
         entry = trainings[training_id]
         assert [t["name"] for t in entry["tensors"]] == list(state)
         assert entry["parameters"] == sum(v.numel() for v in state.values())
         assert entry["bytes_per_round"] == 4 * entry["parameters"]
         keys = [(r["phase"], i["key"]) for r in entry["replies"] for i in r["items"]]
-        assert keys == [(i.phase, i.key) for i in TRAINING_MANIFEST]
+        assert keys == [(i.phase, i.key) for i in manifest(task)]
     assert document["imaging"]["used"] and "PixelData" in document["imaging"]["attributes_read"]
     assert "PatientName" not in document["imaging"]["attributes_read"]
 

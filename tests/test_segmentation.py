@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
-from hospital_node import approvals, dicom_series
+from hospital_node import approvals, dicom_series, steward
 from hospital_node.audit import AuditLog
 from hospital_node.site import open_site
 from tests.conftest import make_site, roster
@@ -121,7 +121,12 @@ def test_the_ethics_content_lists_the_series_and_the_attributes_read(trained):
 
     root, sites, _ = trained
     protocol = parse((root / "protocol.toml").read_text())
-    imaging = build(protocol, [open_site(s) for s in sites], root / "out", "en")["imaging"]
+    document = build(protocol, [open_site(s) for s in sites], root / "out", "en")
+    imaging = document["imaging"]
+    sent = {item["key"] for r in document["disclosure"]["trainings"][0]["replies"] for item in r["items"]}
+    assert {"dice", "dice-sd", "hd95", "skipped"} <= sent and not {"auc", "accuracy"} & sent
+    review = steward.preview(open_site(sites[0]), protocol)
+    assert "their NIfTI masks in 'masks'" in review and "dice-sd" in review and " auc " not in review
     assert imaging["used"] and imaging["trainings"][0]["labels"] == "masks"
     assert "resampled to 3×3×4 mm, 32×32×16 voxels, window -100 to 300" in imaging["trainings"][0]["prepared"]
     assert {"ImagePositionPatient", "ImageOrientationPatient"} <= set(imaging["attributes_read"])

@@ -136,3 +136,14 @@ MANIFEST = (
          "volumes where both contours exist"),
 )  # fmt: skip
 """What a site returns per training round and per evaluation (the node's train handler sends these)."""
+
+
+def manifest(task: str) -> tuple[Item, ...]:
+    """The items a site returns for a training of `task`: `MANIFEST` without the other tasks' metrics."""
+    other = "classification:" if task == "image_segmentation" else "segmentation:"
+    return tuple(
+        item
+        for item in MANIFEST
+        if not item.meaning.startswith(other)
+        and not (task == "tabular_classification" and item.meaning.startswith("image tasks:"))
+    )

@@ -30,8 +30,7 @@ from workbench.errors import UserError
 from workbench.messages import FULL_GRAPH, SPARSE_GRAPH
 from workbench.omop_cohort import OmopCohort
 from workbench.protocol import Protocol
-from workbench.training_spec import MANIFEST as TRAINING_MANIFEST
-from workbench.training_spec import TrainingSpec
+from workbench.training_spec import TrainingSpec, manifest
 
 FORMAT = "workbench-ethics/2"
 
@@ -256,7 +255,7 @@ def _training(spec: TrainingSpec, sites: list[Site]) -> dict[str, Any]:
         "tensors": tensors,
         "parameters": parameters,
         "bytes_per_round": parameters * 4,
-        "replies": _rounds(TRAINING_MANIFEST, sites, masked=False),
+        "replies": _rounds(manifest(spec.task), sites, masked=False),
     }
 
 
