@@ -33,11 +33,11 @@ from hospital_node import dicom_series, imaging
 from hospital_node.training import (
     LocalData,
     averaged,
-    evaluate,
-    evaluate_segmentation,
     loss_function,
     noise_multiplier,
     plain_epochs,
+    plain_rate,
+    scores,
     train_round,
 )
 from workbench import models, synthetic_imaging, synthetic_series
@@ -47,8 +47,6 @@ IMAGE = dict(task="image_classification", images="images", labels="images.csv", 
 SEGMENTATION = dict(task="image_segmentation", images="series", masks="masks", spacing=(3.0, 3.0, 4.0),
                     volume_size=(32, 32, 16), window=(-100.0, 300.0), batch_size=20, learning_rate=2.0, clip=0.5,
                     local_epochs=3)  # fmt: skip
-PLAIN_SEGMENTATION = {**SEGMENTATION, "learning_rate": 1.0}
-"""Non-private training takes unclipped gradients, so a smaller step (lr 2 diverges without clipping)."""
 
 
 def spec(**fields) -> TrainingSpec:
@@ -143,7 +141,7 @@ def federated(sites, test, architecture: str, rounds: int, epsilon: float | None
             local.load_state_dict(model.state_dict())
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             if epsilon is None:
-                plain_epochs(local, xt, yt, training.batch_size, training.learning_rate, training.local_epochs,
+                plain_epochs(local, xt, yt, training.batch_size, plain_rate(training), training.local_epochs,
                              loss_function(training))  # fmt: skip
                 state = local.state_dict()
             else:
@@ -161,15 +159,12 @@ def centralized(sites, test, architecture: str, epochs: int, options=IMAGE) -> d
     x = torch.from_numpy(np.concatenate([s[0] for s in sites]))
     y = torch.from_numpy(np.concatenate([s[1] for s in sites]))
     for _ in range(epochs):
-        plain_epochs(model, x, y, training.batch_size, training.learning_rate, criterion=loss_function(training))
+        plain_epochs(model, x, y, training.batch_size, plain_rate(training), criterion=loss_function(training))
     return scored(model, test, training)
 
 
 def scored(model: torch.nn.Module, test, training: TrainingSpec) -> dict[str, float]:
-    x, y = torch.from_numpy(test[0]), torch.from_numpy(test[1])
-    if training.task == "image_segmentation":
-        return evaluate_segmentation(model, x, y, training)
-    return evaluate(model, x, y)
+    return scores(model, torch.from_numpy(test[0]), torch.from_numpy(test[1]), training)
 
 
 def segmentation(folder: Path, patients: int, rounds: int) -> None:
@@ -185,13 +180,13 @@ def segmentation(folder: Path, patients: int, rounds: int) -> None:
     print(f"# held-out Dice, unet, FedAvg {rounds} rounds x {SEGMENTATION['local_epochs']} local epochs, batch "
           f"{SEGMENTATION['batch_size']}, "
           f"DP: lr {SEGMENTATION['learning_rate']}, clip {SEGMENTATION['clip']}; non-private: lr "
-          f"{PLAIN_SEGMENTATION['learning_rate']}")  # fmt: skip
+          f"{plain_rate(spec(**SEGMENTATION)):g}")  # fmt: skip
     print(f"{'training':<28} {'Dice':>6} {'HD95 mm':>8}")
     for epsilon in (1.0, 3.0, 8.0, None):
-        result = federated(sites, test, "unet", rounds, epsilon, SEGMENTATION if epsilon else PLAIN_SEGMENTATION)
+        result = federated(sites, test, "unet", rounds, epsilon, SEGMENTATION)
         label = f"federated, eps = {epsilon:g}" if epsilon else "federated, non-private"
         print(f"{label:<28} {result['dice']:>6.3f} {result.get('hd95', float('nan')):>8.2f}", flush=True)
-    result = centralized(sites, test, "unet", rounds * SEGMENTATION["local_epochs"], PLAIN_SEGMENTATION)
+    result = centralized(sites, test, "unet", rounds * SEGMENTATION["local_epochs"], SEGMENTATION)
     print(f"{'centralized, non-private':<28} {result['dice']:>6.3f} {result.get('hd95', float('nan')):>8.2f}")
 
 

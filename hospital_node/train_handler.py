@@ -74,11 +74,7 @@ def evaluate(folder: str | Path, content: RecordDict, requester: str) -> RecordD
     data = training.local_data(site, protocol, spec, _floats(config, "mean"), _floats(config, "sd"))
     if len(data.y_val) < site.policy.min_cell_count:
         raise Refused(f"its held-out rows are fewer than the site's minimum count {site.policy.min_cell_count}")
-    model = _model(spec, content)
-    if spec.task == "image_segmentation":
-        found = training.evaluate_segmentation(model, data.x_val, data.y_val, spec)
-    else:
-        found = training.evaluate(model, data.x_val, data.y_val)
+    found = training.scores(_model(spec, content), data.x_val, data.y_val, spec)
     metrics: dict[str, Any] = {"num-examples": len(data.y_val), **found}
     admitted.audit.append(
         "release", protocol_sha256=protocol.sha256, study=protocol.model.study.id, round=int(config["server-round"]),

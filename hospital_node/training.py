@@ -49,21 +49,8 @@ def device() -> torch.device:
 def local_data(site: Site, protocol: Protocol, spec: TrainingSpec, mean: list[float], sd: list[float]) -> LocalData:
     """The site's rows for this training, split (always the same way) into training and validation."""
     skipped: dict[str, int] = {}
-    if spec.task in ("image_classification", "image_segmentation"):
-        if spec.task == "image_classification":
-            found = imaging.load(site.path, spec.images or "", spec.labels or "", spec.image_size)
-            x, y, what = found.images, found.labels, "labelled images"
-        else:
-            volumes = dicom_series.load(site.path, spec.images or "", spec.masks or "", spec.spacing,
-                                        spec.volume_size, spec.window)  # fmt: skip
-            found, what = volumes, "series"
-            x, y = volumes.images, volumes.masks[:, 0].astype(np.int64)
-        skipped = found.skipped
-        unusable = sum(skipped.values())
-        if found.listed and unusable / found.listed > spec.max_unreadable:
-            reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
-            raise Refused(f"{unusable} of {found.listed} {what} cannot be used ({reasons}); "
-                          f"more than max_unreadable = {spec.max_unreadable:g}")  # fmt: skip
+    if spec.task != "tabular_classification":
+        x, y, skipped = _images(site, spec)
     else:
         rows = col.complete_cases(population.cohort(site, protocol).rows, spec.columns())
         y = col.events(rows, spec.outcome or "").astype(np.int64)
@@ -76,6 +63,24 @@ def local_data(site: Site, protocol: Protocol, spec: TrainingSpec, mean: list[fl
     val, train = order[:held_out], order[held_out:]
     tensor = torch.from_numpy
     return LocalData(tensor(x[train]), tensor(y[train]), tensor(x[val]), tensor(y[val]), skipped)
+
+
+def _images(site: Site, spec: TrainingSpec) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """An image task's inputs, targets (labels or mask volumes) and unusable items by reason; refused when too
+    many cannot be used."""
+    if spec.task == "image_classification":
+        found = imaging.load(site.path, spec.images or "", spec.labels or "", spec.image_size)
+        x, y, what = found.images, found.labels, "labelled images"
+    else:
+        found = dicom_series.load(site.path, spec.images or "", spec.masks or "", spec.spacing, spec.volume_size,
+                                  spec.window)  # fmt: skip
+        x, y, what = found.images, found.masks[:, 0].astype(np.int64), "series"
+    unusable = sum(found.skipped.values())
+    if found.listed and unusable / found.listed > spec.max_unreadable:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in found.skipped.items())
+        raise Refused(f"{unusable} of {found.listed} {what} cannot be used ({reasons}); "
+                      f"more than max_unreadable = {spec.max_unreadable:g}")  # fmt: skip
+    return x, y, found.skipped
 
 
 def noise_multiplier(spec: TrainingSpec, rows: int) -> tuple[float, float, int]:
@@ -145,6 +150,12 @@ class _Unsqueezed(nn.Module):
         return self.loss(outputs, labels[:, None])
 
 
+def plain_rate(spec: TrainingSpec) -> float:
+    """The step size of the non-private reference training: a segmentation's unclipped gradients are larger than
+    DP-SGD's clipped ones, so it takes half the study's step."""
+    return spec.learning_rate * (0.5 if spec.task == "image_segmentation" else 1.0)
+
+
 def plain_epochs(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, lr: float, epochs: int = 1,
     criterion: nn.Module | None = None,
@@ -180,6 +191,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
         ranks = stats.rankdata(score)
         metrics["auc"] = float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
     return metrics
+
+
+def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainingSpec) -> dict[str, float]:
+    """The held-out metrics of the training's task: `evaluate`, or `evaluate_segmentation`."""
+    if spec.task == "image_segmentation":
+        return evaluate_segmentation(model, x, y, spec)
+    return evaluate(model, x, y)
 
 
 def evaluate_segmentation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainingSpec) -> dict[str, float]:

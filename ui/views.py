@@ -291,11 +291,18 @@ def training(training_id: str, summary: dict[str, Any], role: Role, out: Path | 
         with st.expander("The final model on an example series (synthetic, made on this computer)"):
             st.caption("No hospital's image leaves it: this CT series is generated here and read by the nodes' own "
                        "series loader with the training's spacing, size and window.")  # fmt: skip
-            plots.show(overlay.segmentation_example(model.parent), f"{training_id}-example")
+            plots.show(_example(str(model.parent), model.stat().st_mtime_ns), f"{training_id}-example")
     if not role.viewer:
         plots.show(plots.epsilon(summary), f"{training_id}-epsilon")
         for refusal in summary["refusals"]:
             st.warning(f"round {refusal['round']} ({refusal['phase']}): {refusal['reason']}")
+
+
+@st.cache_resource(show_spinner="Segmenting an example series …")
+def _example(folder: str, version: int) -> Figure:
+    """The example-series overlay, made once per model file `version` (a synthetic series is written, read and
+    segmented)."""
+    return overlay.segmentation_example(Path(folder))
 
 
 RENDERERS: dict[str, Callable[[str, dict[str, Any], Role], None]] = {

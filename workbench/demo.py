@@ -136,10 +136,6 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) - 100])
 
 
-NON_PRIVATE_RATE = {"image_segmentation": 0.5}
-"""Without clipping, the segmentation's gradients are larger than DP-SGD's clipped ones: half its step size."""
-
-
 def non_private_reference(sites: list[Path], protocol: Protocol, training_id: str) -> dict[str, float]:
     """The same federated training without DP noise (plain SGD, FedAvg), run in this process on the demo's own
     synthetic sites: its last round's held-out metrics averaged over the sites weighted by their held-out rows,
@@ -154,7 +150,7 @@ def non_private_reference(sites: list[Path], protocol: Protocol, training_id: st
     model = models.build(spec.architecture)
     torch.manual_seed(spec.seed)
     criterion = training.loss_function(spec)
-    rate = spec.learning_rate * NON_PRIVATE_RATE.get(spec.task, 1.0)
+    rate = training.plain_rate(spec)
     for _ in range(spec.rounds):
         states, rows = [], []
         for local in data:
@@ -165,10 +161,7 @@ def non_private_reference(sites: list[Path], protocol: Protocol, training_id: st
             states.append(copy.state_dict())
             rows.append(len(local.y_train))
         model.load_state_dict(training.averaged(states, rows))
-    if spec.task == "image_segmentation":
-        found = [(training.evaluate_segmentation(model, d.x_val, d.y_val, spec), len(d.y_val)) for d in data]
-    else:
-        found = [(training.evaluate(model, d.x_val, d.y_val), len(d.y_val)) for d in data]
+    found = [(training.scores(model, d.x_val, d.y_val, spec), len(d.y_val)) for d in data]
     return {key: sum(m[key] * n for m, n in found) / sum(n for _, n in found) for key in found[0][0]}
 
 
